@@ -1,0 +1,162 @@
+"""Experiment specs: TOML files loaded into frozen dataclasses (no dicts of hyperparameters passed deep).
+
+A spec file looks like::
+
+    [experiment]
+    datasets = ["fashion-mnist"]
+    depths = [1, 2]
+    seeds = [0, 1]
+    n_train = 5000        # private training samples per run (deterministic subset by seed)
+    n_test = 1000
+    n_aux = 1000          # disjoint auxiliary samples, only for attacks that require aux data
+
+    [train]               # TrainConfig fields
+    epochs = 1
+
+    [[attacks]]
+    name = "unsplit"
+    params = { rounds = 20 }
+    grid = { lambda_tv = [0.1, 1.0] }   # every combination becomes its own cell
+    setup = "vanilla"                    # optional: override the attack's default setup
+
+    [[defenses]]
+    name = "deeper-split"
+    grid = { k = [1, 2] }
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .records import SETUPS, TrainConfig
+
+
+class SpecError(ValueError):
+    """A malformed experiment file; the message names the file and the offending entry."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One attack or defense with fixed parameters (after grid expansion)."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    setup: str | None = None
+    label_layers: int | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str = "custom"
+    datasets: tuple[str, ...] = ("fashion-mnist",)
+    models: tuple[tuple[str, str], ...] = ()  # (dataset, model) overrides of the default model
+    depths: tuple[int, ...] = (1,)
+    seeds: tuple[int, ...] = (0,)
+    n_train: int | None = 5000
+    n_test: int | None = 1000
+    n_aux: int = 1000
+    label_layers: int = 1
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attacks: tuple[Entry, ...] = ()
+    defenses: tuple[Entry, ...] = (Entry("none"),)
+    source: str = ""
+
+    def model_for(self, dataset: str) -> str:
+        from .models import default_model
+
+        return dict(self.models).get(dataset, default_model(dataset))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    return v
+
+
+def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[Entry, ...]:
+    out: list[Entry] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or "name" not in item:
+            raise SpecError(f"{where}: [[{what}]] entry {i + 1} needs a name")
+        unknown = set(item) - {"name", "params", "grid", "setup", "label_layers"}
+        if unknown:
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r} has unknown keys {sorted(unknown)}")
+        if item.get("setup") is not None and item["setup"] not in SETUPS:
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: setup must be one of {SETUPS}")
+        params = dict(item.get("params", {}))
+        grid = dict(item.get("grid", {}))
+        for k, vals in grid.items():
+            if not isinstance(vals, list) or not vals:
+                raise SpecError(f"{where}: [[{what}]] {item['name']!r}: grid.{k} must be a non-empty list")
+        keys = sorted(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+            p = params | dict(zip(keys, combo))
+            out.append(Entry(item["name"], tuple(sorted((k, _freeze(v)) for k, v in p.items())),
+                             item.get("setup"), item.get("label_layers")))
+    return tuple(out)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"experiment file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"experiment file {path} is not valid TOML: {e}") from None
+    return experiment_from_dict(raw, str(path))
+
+
+def experiment_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Experiment:
+    unknown = set(raw) - {"experiment", "train", "attacks", "defenses"}
+    if unknown:
+        raise SpecError(f"{where}: unknown tables {sorted(unknown)}; use experiment, train, attacks, defenses")
+    exp = dict(raw.get("experiment", {}))
+    fields = {f.name for f in dataclasses.fields(Experiment)} - {"train", "attacks", "defenses", "source"}
+    bad = set(exp) - fields
+    if bad:
+        raise SpecError(f"{where}: unknown [experiment] keys {sorted(bad)}; known: {sorted(fields)}")
+    try:
+        train = TrainConfig(**raw.get("train", {}))
+    except TypeError as e:
+        raise SpecError(f"{where}: bad [train] table: {e}") from None
+    except ValueError as e:
+        raise SpecError(f"{where}: [train]: {e}") from None
+    kw: dict[str, Any] = {}
+    for k, v in exp.items():
+        if k == "models":
+            kw[k] = tuple(sorted(dict(v).items()))
+        elif isinstance(v, list):
+            kw[k] = tuple(v)
+        else:
+            kw[k] = v
+    for k in ("depths", "seeds"):
+        if k in kw and not all(isinstance(x, int) and not isinstance(x, bool) for x in kw[k]):
+            raise SpecError(f"{where}: [experiment] {k} must be a list of integers")
+    attacks = expand_entries(raw.get("attacks", []), "attacks", where)
+    defenses = expand_entries(raw.get("defenses", [{"name": "none"}]), "defenses", where)
+    return Experiment(**kw, train=train, attacks=attacks, defenses=defenses, source=where)
+
+
+def select(entries: tuple[Entry, ...], names: list[str] | None) -> tuple[Entry, ...]:
+    """Keep the experiment's entries for these names; a name it does not list runs with defaults."""
+    if not names:
+        return entries
+    out: list[Entry] = []
+    for n in names:
+        mine = [e for e in entries if e.name == n]
+        out.extend(mine or [Entry(n)])
+    return tuple(out)

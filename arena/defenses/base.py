@@ -1,0 +1,48 @@
+"""The Defense interface and its registry.
+
+A defense is a client-side change to the protocol: ``apply(setup, generator)`` returns a *new*
+`SplitSetup` (never mutates), declares the server capabilities it removes, and ``report()``
+returns its own cost figures (epsilon, depth, bytes, ...) for the cell. At strength zero a
+defense is the identity (tested for every defense).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..protocol import SplitSetup
+from ..records import Capability
+from ..registry import Registry
+
+
+class Defense:
+    name: ClassVar[str] = "abstract"
+    removes: ClassVar[frozenset[Capability]] = frozenset()
+    paper: ClassVar[str] = ""
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise ValueError(f"defense {self.name!r} got unknown parameter(s) {sorted(params)}")
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def apply(self, setup: SplitSetup, generator: torch.Generator) -> SplitSetup:
+        raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """Cost figures known after apply()/training (merged into the cell's ``cost``)."""
+        return {}
+
+    def after_training(self, result: Any) -> None:
+        """Hook for defenses whose figures depend on the finished run (e.g. the privacy accountant)."""
+
+
+DEFENSES: Registry[Defense] = Registry("defense", entry_point_group="arena.defenses")
+
+
+def register_defense(cls: type[Defense]) -> type[Defense]:
+    """Class decorator: ``@register_defense`` on a Defense subclass with a ``name``."""
+    DEFENSES.register(cls.name, cls)
+    return cls

@@ -1,0 +1,296 @@
+"""Split training for the three setups of the UnSplit paper's Figure 1, with defense hooks.
+
+`SplitSetup` is the (possibly defended) protocol; `train()` runs it and returns the trained split
+model, the test accuracy (the cell's utility), the costs, and a `Transcript` of what the server
+observed in the first and the last recorded steps. Only `scoring.py` ever sees `Truth`.
+
+Defenses change the protocol only through the hooks of `SplitSetup` (they return a new setup):
+``smash_hooks`` (client transforms its activations before sending: noise),
+``client_loss_terms`` (extra client-side loss: NoPeek), ``cut_grad_hooks`` (label owner transforms
+the gradient it returns), ``wrap_client`` (DP-SGD replaces the client's optimiser/loader),
+``channel`` (the wire: plain or encrypted), ``label_batch`` (how many examples the label owner
+aggregates before its parameter gradients can be observed).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .channel import Channel, PlainChannel
+from .cost import Stopwatch, flops_per_sample
+from .records import Capability, Scenario, TrainConfig
+from .split import SplitModel, split
+from .transcript import Observation, Transcript, Truth
+
+SmashHook = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, activations) -> scalar
+GradHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]  # (grad, labels, gen)
+
+
+class ServerPolicy(Protocol):
+    """A malicious server's training behaviour (FSHA): it decides the gradient sent to the client."""
+
+    def step(self, smashed: torch.Tensor, labels: torch.Tensor | None, step: int) -> torch.Tensor: ...
+
+
+SETUP_CAPABILITIES: dict[str, frozenset[Capability]] = {
+    "vanilla": frozenset({Capability.ARCHITECTURE, Capability.SMASHED, Capability.LABELS,
+                          Capability.CONTROL_GRADIENT}),
+    "label-only": frozenset({Capability.ARCHITECTURE, Capability.INPUTS, Capability.CUT_GRADIENT,
+                             Capability.TAIL_GRADIENTS}),
+    "u-shaped": frozenset({Capability.ARCHITECTURE, Capability.SMASHED, Capability.CUT_GRADIENT,
+                           Capability.TAIL_GRADIENTS, Capability.CONTROL_GRADIENT}),
+}
+# Threat-model assumptions an attack may ask for (they are not protocol messages).
+GRANTABLE_EXTRAS = frozenset({Capability.AUX_DATA, Capability.QUERY, Capability.CLIENT_WEIGHTS})
+
+
+@dataclass
+class Data:
+    """Private training data, evaluation data and a disjoint auxiliary set (for attacks that need one)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_aux: torch.Tensor
+    y_aux: torch.Tensor
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SplitSetup:
+    scenario: Scenario
+    model: nn.Sequential  # the full initialised model; split at `depth` when training
+    depth: int
+    input_shape: tuple[int, int, int]
+    smash_hooks: tuple[SmashHook, ...] = ()
+    client_loss_terms: tuple[LossTerm, ...] = ()
+    cut_grad_hooks: tuple[GradHook, ...] = ()
+    wrap_client: Callable[..., Any] | None = None  # (client, optimizer, loader, n_train) -> same triple
+    channel: Channel = field(default_factory=PlainChannel)
+    label_batch: int = 1
+    removes: frozenset[Capability] = frozenset()
+    train_config: TrainConfig | None = None  # overrides scenario.train when a defense must
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.train_config or self.scenario.train
+
+    @property
+    def label_layers(self) -> int:
+        return 0 if self.scenario.setup == "vanilla" else self.scenario.label_layers
+
+    def split(self) -> SplitModel:
+        return split(self.model, self.depth, self.label_layers)
+
+    def capabilities(self) -> frozenset[Capability]:
+        return (SETUP_CAPABILITIES[self.scenario.setup] | GRANTABLE_EXTRAS) - self.removes
+
+    def replace(self, **changes: Any) -> "SplitSetup":
+        return dataclasses.replace(self, **changes)
+
+
+def make_setup(scenario: Scenario, model: nn.Sequential, input_shape: tuple[int, int, int]) -> SplitSetup:
+    setup = SplitSetup(scenario=scenario, model=model, depth=scenario.depth, input_shape=tuple(input_shape))
+    setup.split()  # validates the depth now, with the valid range in the message
+    return setup
+
+
+@dataclass
+class TrainResult:
+    model: SplitModel
+    transcript: Transcript
+    truth: Truth
+    test_acc: float
+    cost: dict[str, Any]
+    server_before: nn.Module  # server-owned layers as they were at the first recorded step
+
+
+def _loader(data: Data, cfg: TrainConfig, gen: torch.Generator):
+    ds = torch.utils.data.TensorDataset(torch.arange(len(data.x_train)))
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+
+
+def _adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(list(params), lr=lr, amsgrad=True)
+
+
+def total_steps(n_train: int, cfg: TrainConfig) -> int:
+    steps = math.ceil(cfg.epochs * math.ceil(n_train / cfg.batch_size))
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cpu",
+          policy: ServerPolicy | None = None, progress: Callable[[int, int], None] | None = None
+          ) -> TrainResult:
+    """Run split training; returns the trained model, transcript, truth, utility and costs."""
+    sc, cfg = setup.scenario, setup.config
+    # train a copy: the setup (and its initial weights) stays as it was
+    sm = split(copy.deepcopy(setup.model), setup.depth, setup.label_layers).to(device)
+    owner = sc.setup  # who holds what
+    client_opt = _adam(sm.client.parameters(), cfg.lr)
+    server_opt = _adam(sm.server.parameters(), cfg.lr) if len(list(sm.server.parameters())) else None
+    tail_opt = _adam(sm.tail.parameters(), cfg.lr) if len(sm.tail) else None
+    loader = _loader(data, cfg, gen)
+    client = sm.client
+    if setup.wrap_client is not None:
+        client, client_opt, loader = setup.wrap_client(client, client_opt, loader, len(data.x_train))
+    steps = total_steps(len(data.x_train), cfg)
+    rec = min(cfg.record_steps, steps)
+    record_at = {s: "before" for s in range(rec)} | {s: "after" for s in range(steps - rec, steps)}
+    transcript, truth = Transcript(setup=owner), Truth()
+    watch = Stopwatch()
+    server_before: nn.Module | None = None
+    x_dev, y_dev = data.x_train.to(device), data.y_train.to(device)
+    step = 0
+    while step < steps:
+        for (idx,) in loader:
+            if step >= steps:
+                break
+            if len(idx) == 0:  # Poisson sampling (DP-SGD) may draw an empty batch
+                continue
+            x, y = x_dev[idx], y_dev[idx]
+            window = record_at.get(step)
+            if window == "before" and server_before is None:
+                server_before = copy.deepcopy(sm.server)
+            obs = _step(setup, sm, client, x, y, gen, watch, policy, step, window is not None)
+            for opt in (client_opt, server_opt, tail_opt):
+                if opt is not None:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            if window is not None:
+                obs.ids = idx.clone()
+                obs.step = step
+                transcript.windows.setdefault(window, []).append(obs.detached())
+                truth.add(idx, data.x_train[idx], data.y_train[idx])
+            step += 1
+            if progress is not None:
+                progress(step, steps)
+    test_acc = evaluate(sm, data.x_test, data.y_test, device)
+    cost = _costs(setup, sm, data, watch, steps)
+    return TrainResult(sm, transcript, truth, test_acc, cost, server_before or copy.deepcopy(sm.server))
+
+
+def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor, y: torch.Tensor,
+          gen: torch.Generator, watch: Stopwatch, policy: ServerPolicy | None, step: int,
+          record: bool) -> Observation:
+    """One forward/backward pass through all parties; returns what the server observed."""
+    kind = setup.scenario.setup
+    obs = Observation()
+    if kind == "label-only":
+        # The server owns inputs and every layer before the label owner's tail.
+        with watch.time("server"):
+            h = sm.server(sm.client(x))
+        g_h, loss = _label_owner(setup, sm, h, y, gen, watch, obs, record)
+        with watch.time("server"):
+            h.backward(g_h)
+        obs.inputs = x
+        return obs
+    with watch.time("client"):
+        a = client(x)
+        for hook in setup.smash_hooks:
+            a = hook(a, gen)
+    msg = a.detach().requires_grad_(True)
+    obs.smashed = setup.channel.observed(msg)
+    if policy is not None:
+        with watch.time("server"):
+            g = policy.step(msg, y if kind == "vanilla" else None, step)
+    else:
+        with watch.time("server"):
+            h = setup.channel.server_forward(msg, sm.server)
+        if kind == "vanilla":
+            with watch.time("server"):
+                F.cross_entropy(h, y).backward()
+            obs.labels = y
+        else:
+            g_h, _ = _label_owner(setup, sm, h.detach().requires_grad_(True), y, gen, watch, obs, record)
+            with watch.time("server"):
+                h.backward(g_h)
+        g = msg.grad
+    with watch.time("client"):
+        total = (a * g).sum()
+        for term in setup.client_loss_terms:
+            total = total + term(x, a)
+        total.backward()
+    return obs
+
+
+def _label_owner(setup: SplitSetup, sm: SplitModel, h: torch.Tensor, y: torch.Tensor,
+                 gen: torch.Generator, watch: Stopwatch, obs: Observation, record: bool):
+    """The label owner runs its tail, computes the loss and returns the gradient at its input."""
+    h_in = h.detach().requires_grad_(True)
+    with watch.time("client"):
+        loss = F.cross_entropy(sm.tail(h_in), y)
+        loss.backward()
+        g = h_in.grad
+        for hook in setup.cut_grad_hooks:
+            g = hook(g, y, gen)
+    obs.server_out = h_in.detach()
+    obs.cut_grad = g.detach()
+    if record:
+        obs.tail_grads = tail_gradients(sm.tail, h_in.detach(), y, setup.label_batch)
+    return g, loss
+
+
+def tail_gradients(tail: nn.Module, h: torch.Tensor, y: torch.Tensor, group: int) -> list[dict[str, torch.Tensor]]:
+    """Parameter gradients of the label owner's tail, one per group of ``group`` examples.
+
+    With group 1 these are per-example gradients: what UnSplit's label attack assumes a server
+    observes (SGD with batch size 1). The `batching` defense raises the group size.
+    """
+    out = []
+    params = dict(tail.named_parameters())
+    for s in range(0, len(y), group):
+        loss = F.cross_entropy(torch.func.functional_call(tail, params, (h[s:s + group],)), y[s:s + group])
+        grads = torch.autograd.grad(loss, list(params.values()))
+        out.append({k: g.detach().clone() for k, g in zip(params, grads)})
+    return out
+
+
+@torch.no_grad()
+def evaluate(sm: SplitModel | nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "cpu",
+             batch: int = 1000) -> float:
+    """Test accuracy of a split model (or any module) on (x, y)."""
+    fwd = sm.forward if isinstance(sm, SplitModel) else sm
+    mods = sm.modules() if isinstance(sm, SplitModel) else [sm]
+    modes = [m.training for m in mods]
+    for m in mods:
+        m.eval()
+    correct = 0
+    for s in range(0, len(x), batch):
+        pred = fwd(x[s:s + batch].to(device)).argmax(1)
+        correct += int((pred == y[s:s + batch].to(device)).sum())
+    for m, t in zip(mods, modes):
+        m.train(t)
+    return correct / max(len(x), 1)
+
+
+def _costs(setup: SplitSetup, sm: SplitModel, data: Data, watch: Stopwatch, steps: int) -> dict[str, Any]:
+    shape = data.shape
+    with torch.no_grad():
+        p = next(sm.client.parameters())
+        act = sm.client(torch.zeros(1, *shape, device=p.device))
+    n_seen = steps * setup.config.batch_size
+    wire = setup.channel.bytes_per_sample(act[0])
+    return {
+        "client_flops": flops_per_sample(sm.client, shape) + (
+            flops_per_sample(sm.tail, tuple(sm.server(act).shape[1:])) if len(sm.tail) else 0),
+        "client_s": round(watch.seconds.get("client", 0.0), 4),
+        "server_s": round(watch.seconds.get("server", 0.0), 4),
+        "client_s_per_sample": watch.seconds.get("client", 0.0) / max(n_seen, 1),
+        "bytes_per_sample": wire,
+        "train_steps": steps,
+        "depth": setup.depth,
+    }

@@ -1,0 +1,280 @@
+"""Plan cells and run them: one training run per (scenario, defense, seed), every honest attack on it.
+
+Only a malicious attack (one with a server policy) needs a training run of its own. Blocked cells
+(the defense removes a capability the attack requires) are decided up front, never by catching
+exceptions, and cost no training.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .attacks import ATTACKS, Attack, PolicyContext
+from .config import Entry, Experiment
+from .data import load_dataset
+from .defenses import DEFENSES, Defense
+from .models import build_model
+from .protocol import Data, TrainResult, make_setup, total_steps, train
+from .records import Capability, Cell, Scenario
+from .scoring import score
+from .seeding import numpy_rng, seed_everything, torch_generator
+from .split import SplitModel
+from .view import build_view
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    scenario: Scenario
+    attack: Entry
+    defense: Entry
+    n_aux: int = 1000
+
+    def _ident(self, with_attack: bool) -> str:
+        d: dict[str, Any] = {"scenario": self.scenario.key(), "defense": [self.defense.name, self.defense.params],
+                             "n_aux": self.n_aux}
+        if with_attack:
+            d["attack"] = [self.attack.name, self.attack.params]
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def key(self) -> str:
+        return self._ident(True)
+
+    @property
+    def train_key(self) -> str:
+        return self._ident(False)
+
+    def label(self) -> str:
+        s = self.scenario
+        return (f"{s.dataset}/d{s.depth}/{s.setup} {self.attack.name}{_fmt(self.attack.kwargs)} "
+                f"vs {self.defense.name}{_fmt(self.defense.kwargs)} seed {s.seed}")
+
+
+def _fmt(params: dict[str, Any]) -> str:
+    return "(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else ""
+
+
+def plan(exp: Experiment) -> list[CellSpec]:
+    """Every cell of an experiment, in a stable order. Constructs each attack/defense once to
+    validate its parameters before any work starts."""
+    for e in exp.attacks:
+        ATTACKS.create(e.name, **e.kwargs)
+    for e in exp.defenses:
+        DEFENSES.create(e.name, **e.kwargs)
+    specs = []
+    for dataset in exp.datasets:
+        for depth in exp.depths:
+            for seed in exp.seeds:
+                for d in exp.defenses:
+                    for a in exp.attacks:
+                        cls = ATTACKS.get(a.name)
+                        setup = a.setup or d.setup or getattr(cls, "default_setup", "vanilla")
+                        sc = Scenario(dataset=dataset, model=exp.model_for(dataset), depth=depth, setup=setup,
+                                      seed=seed, n_train=exp.n_train, n_test=exp.n_test,
+                                      label_layers=a.label_layers or exp.label_layers, train=exp.train)
+                        specs.append(CellSpec(sc, a, d, exp.n_aux))
+    return specs
+
+
+def groups(specs: list[CellSpec]) -> list[list[CellSpec]]:
+    """Cells that can share one training run; malicious attacks get their own."""
+    out: dict[str, list[CellSpec]] = {}
+    for s in specs:
+        malicious = getattr(ATTACKS.get(s.attack.name), "malicious", False)
+        out.setdefault(s.key if malicious else s.train_key, []).append(s)
+    return list(out.values())
+
+
+def load_data(sc: Scenario, n_aux: int, data_dir: str | None) -> Data:
+    """The private training subset, a disjoint auxiliary subset and the test subset, by seed."""
+    ds = load_dataset(sc.dataset, data_dir=data_dir, seed=sc.seed)
+    n = len(ds.x_train)
+    rng = numpy_rng(sc.seed, sc.dataset, "split")
+    perm = rng.permutation(n)
+    n_train = n if sc.n_train is None else sc.n_train
+    if n_train > n:
+        raise ValueError(f"n_train={n_train} but {sc.dataset} has {n} training samples")
+    train_idx = torch.as_tensor(sorted(perm[:n_train]))
+    rest = perm[n_train:]
+    if len(rest) >= n_aux:
+        aux_idx = torch.as_tensor(sorted(rest[:n_aux]))
+        x_aux, y_aux = ds.x_train[aux_idx], ds.y_train[aux_idx]
+    else:  # no training sample left over: auxiliary data from the test split's far end
+        x_aux, y_aux = ds.x_test[-n_aux:], ds.y_test[-n_aux:]
+    n_test = len(ds.x_test) if sc.n_test is None else min(sc.n_test, len(ds.x_test))
+    test_idx = torch.as_tensor(sorted(numpy_rng(sc.seed, sc.dataset, "test").permutation(len(ds.x_test))[:n_test]))
+    return Data(ds.x_train[train_idx], ds.y_train[train_idx], ds.x_test[test_idx], ds.y_test[test_idx],
+                x_aux, y_aux, ds.num_classes)
+
+
+@dataclass
+class GroupContext:
+    data_dir: str | None = None
+    device: str = "cpu"
+    out_dir: Path | None = None
+    progress: Progress | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
+    """Train once for the group and run each of its attacks; yields cells as they finish."""
+    t0 = time.perf_counter()
+    first = specs[0]
+    sc = first.scenario
+    attacks = [ATTACKS.create(s.attack.name, **s.attack.kwargs) for s in specs]
+    try:
+        data = load_data(sc, first.n_aux, ctx.data_dir)
+        seed_everything(sc.seed, "model-init", sc.dataset, sc.model)
+        model = build_model(sc.model, data.shape, data.num_classes)
+        setup = make_setup(sc, model, data.shape)
+        defense: Defense = DEFENSES.create(first.defense.name, **first.defense.kwargs)
+        defended = defense.apply(setup, torch_generator(sc.seed, "defense", first.defense.name))
+    except Exception as e:  # noqa: BLE001 - a failing cell is recorded, the run goes on
+        for s in specs:
+            yield _cell(s, "error", error=_err(e), wall_s=time.perf_counter() - t0)
+        return
+    caps = defended.capabilities()
+    runnable = []
+    for s, a in zip(specs, attacks):
+        missing = a.requires - caps
+        if missing:
+            why = (f"{a.name} requires {', '.join(sorted(c.value for c in missing))}, which "
+                   f"{'defense ' + s.defense.name + ' removes' if missing & defended.removes else 'setup ' + sc.setup + ' does not grant'}")
+            yield _cell(s, "blocked", reason=why, cost=defense.report())
+        else:
+            runnable.append((s, a))
+    if not runnable:
+        return
+    policy_attack = next((a for _, a in runnable if getattr(a, "malicious", False)), None)
+    try:
+        gen = torch_generator(sc.seed, "train", first.train_key)
+        policy = policy_attack.server_policy(PolicyContext(
+            input_shape=data.shape, num_classes=data.num_classes, client_arch=make_view(
+                policy_attack, defended, None, data, ctx.device, arch_only=True),
+            aux=(data.x_aux, data.y_aux), generator=gen, device=ctx.device,
+            total_steps=total_steps(len(data.x_train), defended.config))) if policy_attack is not None else None
+        prog = (lambda i, n: ctx.progress("train " + first.label(), i, n)) if ctx.progress else None
+        seed_everything(sc.seed, "train", first.train_key)
+        result = train(defended, data, gen, ctx.device, policy=policy, progress=prog)
+        defense.after_training(result)
+        cost = {**result.cost, **defense.report()}
+    except Exception as e:  # noqa: BLE001
+        for s, _ in runnable:
+            yield _cell(s, "error", error=_err(e), wall_s=time.perf_counter() - t0)
+        return
+    train_s = time.perf_counter() - t0
+    utility = {"test_acc": result.test_acc}
+    for s, a in runnable:
+        t1 = time.perf_counter()
+        try:
+            view = make_view(a, defended, result, data, ctx.device)
+            out = a.run(view, torch_generator(sc.seed, "attack", s.key))
+            metrics = score(out, result, data.x_test, data.y_test, ctx.device)
+            metrics |= {k: v for k, v in out.extra.items() if isinstance(v, (int, float)) and k not in metrics}
+            artifacts = _save_artifacts(ctx, s, result, out)
+            yield _cell(s, "ok", metrics=metrics, utility=utility, cost=cost | {"attack_s": time.perf_counter() - t1},
+                        wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts)
+        except Exception as e:  # noqa: BLE001
+            yield _cell(s, "error", error=_err(e), utility=utility, cost=cost,
+                        wall_s=train_s + time.perf_counter() - t1)
+
+
+def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, device: str,
+              arch_only: bool = False):
+    """Grant exactly what the attack requires (and the defended setup allows).
+
+    With ``arch_only`` returns just a builder of fresh client parts (for a malicious policy,
+    which acts before there is any trained model)."""
+    granted = frozenset(attack.requires & setup.capabilities()) | {Capability.ARCHITECTURE}
+    template = setup.split()  # architecture only: the builders below re-initialise every parameter
+
+    def fresh(part: torch.nn.Sequential) -> Callable[[], torch.nn.Sequential]:
+        # The builder must not even close over trained weights: keep a re-initialised copy only.
+        proto = _reinitialised(part)
+
+        def build() -> torch.nn.Sequential:
+            return _reinitialised(proto)
+
+        return build
+
+    if arch_only:
+        return fresh(template.client)
+    assert result is not None
+    sm: SplitModel = result.model
+    return build_view(
+        setup=setup.scenario.setup, granted=granted, transcript=result.transcript, input_shape=data.shape,
+        num_classes=data.num_classes, client_depth=setup.depth, label_layers=setup.label_layers,
+        client_arch=fresh(template.client), tail_arch=fresh(template.tail),
+        server_part=sm.server if setup.scenario.setup != "label-only" else torch.nn.Sequential(*sm.client, *sm.server),
+        server_part_before=result.server_before, aux=(data.x_aux, data.y_aux), trained_client=sm.client,
+        device=device,
+    )
+
+
+def _reinitialised(part: torch.nn.Sequential) -> torch.nn.Sequential:
+    m = copy.deepcopy(part)
+    for layer in m.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    return m
+
+
+def _save_artifacts(ctx: GroupContext, s: CellSpec, result: TrainResult, out) -> dict[str, str]:
+    if ctx.out_dir is None or out.reconstructions is None or out.ids is None:
+        return {}
+    from .artifacts import save_grid
+
+    rel = Path("grids") / f"{s.key}.png"
+    try:
+        save_grid(ctx.out_dir / rel, result.truth.inputs(out.ids[:10]), out.reconstructions[:10],
+                  title=s.label())
+    except Exception:  # noqa: BLE001 - a missing picture must not lose the cell
+        return {}
+    return {"grid": str(rel)}
+
+
+def _err(e: BaseException) -> str:
+    tb = traceback.format_exception(type(e), e, e.__traceback__)
+    return f"{type(e).__name__}: {e}\n" + "".join(tb[-3:])
+
+
+def _cell(s: CellSpec, status: str, **kw: Any) -> Cell:
+    sc = s.scenario
+    return Cell(key=s.key, dataset=sc.dataset, model=sc.model, depth=sc.depth, setup=sc.setup,
+                attack=s.attack.name, defense=s.defense.name, attack_params=s.attack.kwargs,
+                defense_params=s.defense.kwargs, seed=sc.seed, status=status,
+                label_layers=sc.label_layers, **kw)
+
+
+# Input shapes and class counts of the built-in datasets, so depths are checked before any data loads.
+KNOWN_SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "digits": ((1, 28, 28), 10),
+                "cifar10": ((3, 32, 32), 10)}
+
+
+def validate_depths(specs: list[CellSpec]) -> None:
+    """Raise one clear error for any impossible split depth, before any work starts."""
+    from .split import split as _split
+
+    seen = set()
+    for s in specs:
+        sc = s.scenario
+        k = (sc.dataset, sc.model, sc.depth, sc.setup, sc.label_layers)
+        if k in seen or sc.dataset not in KNOWN_SHAPES:
+            continue
+        seen.add(k)
+        shape, classes = KNOWN_SHAPES[sc.dataset]
+        model = build_model(sc.model, shape, classes)
+        try:
+            _split(model, sc.depth, 0 if sc.setup == "vanilla" else sc.label_layers)
+        except ValueError as e:
+            raise ValueError(f"{sc.dataset}/{sc.model}, setup {sc.setup}: {e}") from None

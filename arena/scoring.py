@@ -1,0 +1,63 @@
+"""The only consumer of ground truth: compares an AttackOutput with the truth and scores it.
+
+Metric names are shared by every attack of a kind: ``mse``/``psnr``/``ssim`` for reconstructions
+(data range 1.0, reconstructions clamped to [0,1]), ``clone_acc`` for stolen client parts,
+``label_acc`` (with ``label_chance``) and ``leak_auc`` for labels.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import metrics
+from .protocol import TrainResult, evaluate
+from .records import AttackOutput
+
+
+class ScoringError(ValueError):
+    """The attack produced something the scorer cannot compare with the truth."""
+
+
+def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: torch.Tensor,
+          device: str = "cpu") -> dict[str, float]:
+    m: dict[str, float] = {}
+    truth = result.truth
+    if (out.reconstructions is not None or out.labels is not None or out.label_scores is not None) \
+            and out.ids is None:
+        raise ScoringError("attack output has predictions but no sample ids")
+    if out.reconstructions is not None:
+        x = truth.inputs(out.ids)
+        rec = out.reconstructions.detach().cpu().float()
+        if rec.shape != x.shape:
+            raise ScoringError(f"reconstructions have shape {tuple(rec.shape)}, inputs {tuple(x.shape)}")
+        if not torch.isfinite(rec).all():
+            raise ScoringError("reconstructions contain NaN or inf")
+        m |= metrics.reconstruction_metrics(rec, x)
+        m["n_targets"] = float(len(x))
+    if out.labels is not None:
+        y = truth.labels(out.ids)
+        m["label_acc"] = metrics.accuracy(out.labels.cpu(), y)
+        m["label_chance"] = metrics.chance_accuracy(y)
+        m["n_labels"] = float(len(y))
+    if out.label_scores is not None:
+        y = truth.labels(out.ids)
+        s = out.label_scores.detach().cpu().double()
+        try:
+            m["leak_auc"] = metrics.multiclass_auc(s, y) if s.ndim == 2 else metrics.auc(s, y)
+        except ValueError:  # a single class among the targets: AUC is undefined, leave it out
+            pass
+    if out.clone is not None:
+        m["clone_acc"] = clone_accuracy(out.clone, result, x_test, y_test, device)
+    return m
+
+
+def clone_accuracy(clone: nn.Module, result: TrainResult, x: torch.Tensor, y: torch.Tensor,
+                   device: str = "cpu") -> float:
+    """Test accuracy of the clone's front followed by the *real* server part (and tail).
+
+    The UnSplit authors' script composes the real client with the clone's tail; that measures
+    something else, so we do it this way round and say so.
+    """
+    sm = result.model
+    full = nn.Sequential(clone.to(device), sm.server, sm.tail)
+    return evaluate(full, x, y, device)

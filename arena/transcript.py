@@ -1,0 +1,67 @@
+"""What the server observed during training (Transcript) and the ground truth (Truth).
+
+A transcript keeps the messages of the first and the last ``record_steps`` training steps
+(windows "before" and "after" client training): enough for every honest attack, bounded in memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+WINDOWS = ("before", "after")
+
+
+@dataclass
+class Observation:
+    """One training step as the server saw it. A field is None when the server did not see it."""
+
+    step: int = -1
+    ids: torch.Tensor | None = None  # opaque sample ids (for the scorer only to align with the truth)
+    smashed: torch.Tensor | None = None  # plaintext activations at the cut
+    labels: torch.Tensor | None = None  # labels sent in clear (vanilla setup)
+    inputs: torch.Tensor | None = None  # raw inputs (label-only setup: the server owns them)
+    server_out: torch.Tensor | None = None  # what the server sent to the label owner
+    cut_grad: torch.Tensor | None = None  # gradient the label owner returned, per example
+    tail_grads: list[dict[str, torch.Tensor]] | None = None  # label owner's parameter gradients per group
+
+    def detached(self) -> "Observation":
+        def d(t):
+            return None if t is None else t.detach().cpu().clone()
+
+        return Observation(
+            step=self.step, ids=d(self.ids), smashed=d(self.smashed), labels=d(self.labels),
+            inputs=d(self.inputs), server_out=d(self.server_out), cut_grad=d(self.cut_grad),
+            tail_grads=None if self.tail_grads is None else
+            [{k: d(v) for k, v in g.items()} for g in self.tail_grads],
+        )
+
+
+@dataclass
+class Transcript:
+    setup: str
+    windows: dict[str, list[Observation]] = field(default_factory=dict)
+
+    def observations(self, window: str = "after") -> list[Observation]:
+        if window not in WINDOWS:
+            raise ValueError(f"unknown window {window!r}; use one of {WINDOWS}")
+        return self.windows.get(window, [])
+
+
+@dataclass
+class Truth:
+    """Private inputs and labels by sample id. Only scoring.py reads this."""
+
+    x: dict[int, torch.Tensor] = field(default_factory=dict)
+    y: dict[int, int] = field(default_factory=dict)
+
+    def add(self, ids: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+        for i, xi, yi in zip(ids.tolist(), x, y.tolist()):
+            self.x[i] = xi.detach().cpu().clone()
+            self.y[i] = int(yi)
+
+    def inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.x[int(i)] for i in ids])
+
+    def labels(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([self.y[int(i)] for i in ids], dtype=torch.long)

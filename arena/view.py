@@ -1,0 +1,103 @@
+"""ServerView: everything an attacker may see, nothing else.
+
+Least privilege: a view holds only the capabilities the attack declared it requires (and that the
+setup grants and the defense did not remove). It never holds the client's trained parameters or
+private tensors unless the attack declared CLIENT_WEIGHTS (a white-box threat model) and the
+defense allows it. Architectures are given as builders of *freshly initialised* modules.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .records import Capability
+from .transcript import WINDOWS, Observation, Transcript
+
+_FIELD_CAPS = {
+    "smashed": Capability.SMASHED,
+    "labels": Capability.LABELS,
+    "inputs": Capability.INPUTS,
+    "cut_grad": Capability.CUT_GRADIENT,
+    "tail_grads": Capability.TAIL_GRADIENTS,
+}
+
+
+class CapabilityError(PermissionError):
+    """An attack asked its view for something its threat model does not grant."""
+
+
+@dataclass(frozen=True)
+class ServerView:
+    setup: str
+    capabilities: frozenset[Capability]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    client_depth: int
+    label_layers: int
+    client_arch: Callable[[], nn.Sequential]  # a fresh, randomly initialised client part
+    tail_arch: Callable[[], nn.Sequential]  # a fresh label-owner tail (empty in vanilla)
+    server_part: nn.Sequential  # the server's own layers after training (its own, so it has them)
+    server_part_before: nn.Sequential  # the same at the first recorded step
+    windows: dict[str, tuple[Observation, ...]] = field(default_factory=dict)
+    aux: tuple[torch.Tensor, torch.Tensor] | None = None
+    query: Callable[[torch.Tensor], torch.Tensor] | None = None
+    client_weights: nn.Sequential | None = None
+    device: str = "cpu"
+
+    def has(self, cap: Capability) -> bool:
+        return cap in self.capabilities
+
+    def require(self, cap: Capability) -> None:
+        if cap not in self.capabilities:
+            raise CapabilityError(f"this view does not grant {cap.value!r}; declare it in the attack's requires")
+
+    def observations(self, window: str = "after") -> tuple[Observation, ...]:
+        if window not in WINDOWS:
+            raise ValueError(f"unknown window {window!r}; use one of {WINDOWS}")
+        return self.windows.get(window, ())
+
+    def stacked(self, name: str, window: str = "after") -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenate one observed field over a window: returns (ids, tensor)."""
+        cap = _FIELD_CAPS.get(name)
+        if cap is not None:
+            self.require(cap)
+        obs = [o for o in self.observations(window) if getattr(o, name) is not None]
+        if not obs:
+            raise CapabilityError(f"no {name!r} observed in window {window!r} of setup {self.setup!r}")
+        return torch.cat([o.ids for o in obs]), torch.cat([getattr(o, name) for o in obs])
+
+
+def _filter(o: Observation, granted: frozenset[Capability]) -> Observation:
+    keep = {f: (getattr(o, f) if c in granted else None) for f, c in _FIELD_CAPS.items()}
+    return Observation(step=o.step, ids=o.ids, server_out=o.server_out, **keep)
+
+
+def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transcript,
+               input_shape: tuple[int, int, int], num_classes: int, client_depth: int, label_layers: int,
+               client_arch: Callable[[], nn.Sequential], tail_arch: Callable[[], nn.Sequential],
+               server_part: nn.Module, server_part_before: nn.Module,
+               aux: tuple[torch.Tensor, torch.Tensor] | None, trained_client: nn.Module,
+               device: str = "cpu") -> ServerView:
+    """The scorer-side constructor: copies what the attack may see and drops everything else."""
+    client = copy.deepcopy(trained_client).eval()
+    for p in client.parameters():
+        p.requires_grad_(False)
+
+    def query(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return client(x.to(next(client.parameters()).device)).detach()
+
+    return ServerView(
+        setup=setup, capabilities=granted, input_shape=tuple(input_shape), num_classes=num_classes,
+        client_depth=client_depth, label_layers=label_layers, client_arch=client_arch, tail_arch=tail_arch,
+        server_part=copy.deepcopy(server_part), server_part_before=copy.deepcopy(server_part_before),
+        windows={w: tuple(_filter(o, granted) for o in transcript.observations(w)) for w in WINDOWS},
+        aux=aux if Capability.AUX_DATA in granted else None,
+        query=query if Capability.QUERY in granted else None,
+        client_weights=client if Capability.CLIENT_WEIGHTS in granted else None,
+        device=device,
+    )

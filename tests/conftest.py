@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny, fast setups on scikit-learn's digits (no files needed)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def real_data_dir() -> Path | None:
+    """Where the real MNIST/Fashion-MNIST files are for tests: $ARENA_DATA, else ../shared/data."""
+    env = os.environ.get("ARENA_DATA")
+    if env and Path(env).is_dir():
+        return Path(env)
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """A small digits split: 600 private, 200 test, 200 auxiliary samples (1×28×28)."""
+    from arena.records import Scenario
+    from arena.runner import load_data
+
+    return load_data(Scenario("digits", "lenet", 1, n_train=600, n_test=200), n_aux=200, data_dir=None)
