@@ -1,6 +1,11 @@
-"""Attacks: each module registers its attacks in ATTACKS on import."""
+"""Attacks: every module in this package is imported and registers its attacks in ATTACKS."""
+import importlib
+import pkgutil
+
 from .base import ATTACKS, KINDS, Attack, PolicyContext, register_attack
 
-from . import baseline  # noqa: F401,E402  (registers)
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name != "base" and not _m.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["ATTACKS", "KINDS", "Attack", "PolicyContext", "register_attack"]
