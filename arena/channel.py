@@ -23,6 +23,14 @@ class Channel:
     def bytes_per_sample(self, activation: torch.Tensor) -> int:
         raise NotImplementedError
 
+    def observed_output(self, out: torch.Tensor) -> torch.Tensor | None:
+        """What the server knows of its own output (None: it only ever held it encrypted)."""
+        return out
+
+    def observed_server_grads(self, server: nn.Module) -> dict[str, torch.Tensor] | None:
+        """Parameter gradients the server receives as a message (None: it computes them itself)."""
+        return None
+
 
 class PlainChannel(Channel):
     name = "plain"

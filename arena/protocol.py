@@ -13,6 +13,7 @@ aggregates before its parameter gradients can be observed).
 """
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import math
@@ -40,6 +41,18 @@ class ServerPolicy(Protocol):
     def step(self, smashed: torch.Tensor, labels: torch.Tensor | None, step: int) -> torch.Tensor: ...
 
 
+class ClientMonitor(Protocol):
+    """A client-side hijacking detector (SplitGuard): it may swap the labels of a batch before they
+    are sent (a fake batch), sees the gradient every batch brings back and may stop training
+    (``stop``). The client never updates its part from a fake batch."""
+
+    stop: bool
+
+    def labels(self, y: torch.Tensor, step: int) -> tuple[torch.Tensor, bool]: ...
+
+    def observe(self, step: int, grad: torch.Tensor, client: nn.Module, fake: bool) -> None: ...
+
+
 SETUP_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "vanilla": frozenset({Capability.ARCHITECTURE, Capability.SMASHED, Capability.LABELS,
                           Capability.CONTROL_GRADIENT}),
@@ -49,7 +62,8 @@ SETUP_CAPABILITIES: dict[str, frozenset[Capability]] = {
                            Capability.TAIL_GRADIENTS, Capability.CONTROL_GRADIENT}),
 }
 # Threat-model assumptions an attack may ask for (they are not protocol messages).
-GRANTABLE_EXTRAS = frozenset({Capability.AUX_DATA, Capability.QUERY, Capability.CLIENT_WEIGHTS})
+GRANTABLE_EXTRAS = frozenset({Capability.AUX_DATA, Capability.QUERY, Capability.CLIENT_WEIGHTS,
+                              Capability.TRAIN_DATA, Capability.KNOWN_LABELS})
 
 
 @dataclass
@@ -83,6 +97,7 @@ class SplitSetup:
     label_batch: int = 1
     removes: frozenset[Capability] = frozenset()
     train_config: TrainConfig | None = None  # overrides scenario.train when a defense must
+    client_monitor: ClientMonitor | None = None  # splitguard; None: the plain protocol
 
     @property
     def config(self) -> TrainConfig:
@@ -150,12 +165,15 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     steps = total_steps(len(data.x_train), cfg)
     rec = min(cfg.record_steps, steps)
     record_at = {s: "before" for s in range(rec)} | {s: "after" for s in range(steps - rec, steps)}
+    # a malicious policy may ask for observations at checkpoints (FSHA's reconstruction curve)
+    record_at = {s: "checkpoints" for s in getattr(policy, "record_steps", ()) if 0 <= s < steps} | record_at
+    monitor, recent, stopped = setup.client_monitor, collections.deque(maxlen=rec), False
     transcript, truth = Transcript(setup=owner), Truth()
     watch = Stopwatch()
     server_before: nn.Module | None = None
     x_dev, y_dev = data.x_train.to(device), data.y_train.to(device)
     step = 0
-    while step < steps:
+    while step < steps and not stopped:
         for (idx,) in loader:
             if step >= steps:
                 break
@@ -170,6 +188,8 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
                 if opt is not None:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
+            if monitor is not None:  # the last steps become the "after" window if the monitor stops training
+                recent.append((step, idx.clone(), obs.detached()))
             if window is not None:
                 obs.ids = idx.clone()
                 obs.step = step
@@ -178,8 +198,17 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
             step += 1
             if progress is not None:
                 progress(step, steps)
+            if monitor is not None and monitor.stop:
+                stopped = True
+                break
+    if stopped:
+        transcript.windows["after"] = []
+        for s, idx, o in recent:
+            o.ids, o.step = idx, s
+            transcript.windows["after"].append(o)
+            truth.add(idx, data.x_train[idx], data.y_train[idx])
     test_acc = evaluate(sm, data.x_test, data.y_test, device)
-    cost = _costs(setup, sm, data, watch, steps)
+    cost = _costs(setup, sm, data, watch, step)  # steps run (fewer if a monitor stopped training)
     return TrainResult(sm, transcript, truth, test_acc, cost, server_before or copy.deepcopy(sm.server))
 
 
@@ -189,6 +218,9 @@ def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor,
     """One forward/backward pass through all parties; returns what the server observed."""
     kind = setup.scenario.setup
     obs = Observation()
+    fake = False
+    if setup.client_monitor is not None and kind != "label-only":
+        y, fake = setup.client_monitor.labels(y, step)
     if kind == "label-only":
         # The server owns inputs and every layer before the label owner's tail.
         with watch.time("server"):
@@ -218,12 +250,19 @@ def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor,
             g_h, _ = _label_owner(setup, sm, h.detach().requires_grad_(True), y, gen, watch, obs, record)
             with watch.time("server"):
                 h.backward(g_h)
+            obs.server_out = setup.channel.observed_output(obs.server_out)  # None when it was encrypted
+            if record:
+                obs.server_grads = setup.channel.observed_server_grads(sm.server)
         g = msg.grad
     with watch.time("client"):
         total = (a * g).sum()
         for term in setup.client_loss_terms:
             total = total + term(x, a)
         total.backward()
+        if setup.client_monitor is not None:
+            setup.client_monitor.observe(step, g, client, fake)
+            if fake:  # SplitGuard: a fake batch never updates the client
+                client.zero_grad(set_to_none=True)
     return obs
 
 
@@ -292,5 +331,6 @@ def _costs(setup: SplitSetup, sm: SplitModel, data: Data, watch: Stopwatch, step
         "client_s_per_sample": watch.seconds.get("client", 0.0) / max(n_seen, 1),
         "bytes_per_sample": wire,
         "train_steps": steps,
+        "n_train": len(data.x_train),  # with train_steps and the batch size: the privacy accountants' input
         "depth": setup.depth,
     }

@@ -41,6 +41,8 @@ class Capability(str, enum.Enum):
     AUX_DATA = "aux_data"  # auxiliary public data of the same domain
     QUERY = "query"  # black-box query access to the client part
     CLIENT_WEIGHTS = "client_weights"  # white-box: the client part's trained weights
+    TRAIN_DATA = "train_data"  # He et al.'s "known training set": the private training samples, minus every observed target
+    KNOWN_LABELS = "known_labels"  # Li et al.'s known examples: the labels of a few observed samples per class
 
     def __str__(self) -> str:
         return self.value
@@ -117,6 +119,7 @@ class AttackOutput:
     labels: torch.Tensor | None = None  # N predicted labels
     label_scores: torch.Tensor | None = None  # N×K scores (higher = more likely)
     clone: torch.nn.Module | None = None  # a stolen client part
+    positive_class: int | None = None  # set: labels/label_scores answer the binary question "label == positive_class"
     extra: dict[str, Any] = field(default_factory=dict)  # attack-specific numbers (JSON-able)
 
 

@@ -11,16 +11,17 @@ import hashlib
 import json
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
 from .attacks import ATTACKS, Attack, PolicyContext
-from .config import Entry, Experiment
+from .config import Entry, Experiment, all_depths
 from .data import load_dataset
 from .defenses import DEFENSES, Defense
+from .model_cache import cache_key, cached_training
 from .models import build_model
 from .protocol import Data, TrainResult, make_setup, total_steps, train
 from .records import Capability, Cell, Scenario
@@ -73,13 +74,17 @@ def plan(exp: Experiment) -> list[CellSpec]:
         DEFENSES.create(e.name, **e.kwargs)
     specs = []
     for dataset in exp.datasets:
-        for depth in exp.depths:
+        for depth in all_depths(exp):  # per-entry `depths` may add depths; Entry.applies filters
             for seed in exp.seeds:
                 for d in exp.defenses:
+                    if not d.applies(dataset, depth, None):
+                        continue
                     for a in exp.attacks:
+                        if not a.applies(dataset, depth, exp.depths):
+                            continue
                         cls = ATTACKS.get(a.name)
                         setup = a.setup or d.setup or getattr(cls, "default_setup", "vanilla")
-                        sc = Scenario(dataset=dataset, model=exp.model_for(dataset), depth=depth, setup=setup,
+                        sc = Scenario(dataset=dataset, model=a.model or exp.model_for(dataset), depth=depth, setup=setup,
                                       seed=seed, n_train=exp.n_train, n_test=exp.n_test,
                                       label_layers=a.label_layers or exp.label_layers, train=exp.train)
                         specs.append(CellSpec(sc, a, d, exp.n_aux))
@@ -157,17 +162,24 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
         return
     policy_attack = next((a for _, a in runnable if getattr(a, "malicious", False)), None)
     try:
-        gen = torch_generator(sc.seed, "train", first.train_key)
+        # Common random numbers: every defense of a scenario trains on the same data order, so a
+        # defense-vs-none difference is the defense's, not training noise (and strength 0 == none).
+        gen = torch_generator(sc.seed, "train", json.dumps(sc.key(), sort_keys=True, default=str))
         policy = policy_attack.server_policy(PolicyContext(
             input_shape=data.shape, num_classes=data.num_classes, client_arch=make_view(
                 policy_attack, defended, None, data, ctx.device, arch_only=True),
             aux=(data.x_aux, data.y_aux), generator=gen, device=ctx.device,
             total_steps=total_steps(len(data.x_train), defended.config))) if policy_attack is not None else None
         prog = (lambda i, n: ctx.progress("train " + first.label(), i, n)) if ctx.progress else None
-        seed_everything(sc.seed, "train", first.train_key)
-        result = train(defended, data, gen, ctx.device, policy=policy, progress=prog)
-        defense.after_training(result)
-        cost = {**result.cost, **defense.report()}
+
+        def fresh() -> tuple[TrainResult, dict[str, Any]]:
+            seed_everything(sc.seed, "train", json.dumps(sc.key(), sort_keys=True, default=str))
+            res = train(defended, data, gen, ctx.device, policy=policy, progress=prog)
+            defense.after_training(res)
+            return res, {**res.cost, **defense.report()}
+
+        cache = ctx.extra.get("model_cache") if policy is None else None  # a malicious policy keeps state
+        result, cost = cached_training(cache, cache_key(first, type(defense), ctx.device) if cache else None, fresh)
     except Exception as e:  # noqa: BLE001
         for s, _ in runnable:
             yield _cell(s, "error", error=_err(e), wall_s=time.perf_counter() - t0)
@@ -177,7 +189,12 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     for s, a in runnable:
         t1 = time.perf_counter()
         try:
+            # global streams too (fresh layers in view builders, clones): a cell's numbers must not
+            # depend on which attacks ran before it on the same model, nor on a cached training run
+            seed_everything(sc.seed, "attack", s.key)
             view = make_view(a, defended, result, data, ctx.device)
+            if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
+                view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
             out = a.run(view, torch_generator(sc.seed, "attack", s.key))
             metrics = score(out, result, data.x_test, data.y_test, ctx.device)
             metrics |= {k: v for k, v in out.extra.items() if isinstance(v, (int, float)) and k not in metrics}
@@ -217,8 +234,30 @@ def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, dev
         client_arch=fresh(template.client), tail_arch=fresh(template.tail),
         server_part=sm.server if setup.scenario.setup != "label-only" else torch.nn.Sequential(*sm.client, *sm.server),
         server_part_before=result.server_before, aux=(data.x_aux, data.y_aux), trained_client=sm.client,
-        device=device,
+        device=device, **_threat_extras(attack, granted, result, data),
     )
+
+
+def _threat_extras(attack: Attack, granted: frozenset[Capability], result: TrainResult, data: Data) -> dict[str, Any]:
+    """TRAIN_DATA and KNOWN_LABELS, built only when granted (they come from private data)."""
+    out: dict[str, Any] = {}
+    if Capability.TRAIN_DATA in granted:  # He et al.'s known training set, never the targets themselves
+        seen = [o.ids for obs in result.transcript.windows.values() for o in obs if o.ids is not None]
+        keep = torch.ones(len(data.x_train), dtype=torch.bool)
+        if seen:
+            keep[torch.cat(seen).long()] = False
+        out["train_data"] = (data.x_train[keep].clone(), data.y_train[keep].clone())
+    if Capability.KNOWN_LABELS in granted:  # Li et al.: the first n observed samples of each class
+        n = int(getattr(attack, "known_per_class", 1))
+        known = {}
+        for w in ("before", "after"):
+            obs = [o.ids for o in result.transcript.observations(w) if o.ids is not None]
+            ids = torch.cat(obs) if obs else torch.zeros(0, dtype=torch.long)
+            y = result.truth.labels(ids) if len(ids) else torch.zeros(0, dtype=torch.long)
+            pick = [i for c in torch.unique(y).tolist() for i in (y == c).nonzero().flatten()[:n].tolist()]
+            known[w] = (ids[pick].clone(), y[pick].clone())
+        out["known_labels"] = known
+    return out
 
 
 def _reinitialised(part: torch.nn.Sequential) -> torch.nn.Sequential:

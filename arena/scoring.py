@@ -2,7 +2,8 @@
 
 Metric names are shared by every attack of a kind: ``mse``/``psnr``/``ssim`` for reconstructions
 (data range 1.0, reconstructions clamped to [0,1]), ``clone_acc`` for stolen client parts,
-``label_acc`` (with ``label_chance``) and ``leak_auc`` for labels.
+``label_acc`` (with ``label_chance``) and ``leak_auc`` for labels; ``mse@<step>`` for a curve of
+reconstructions taken during training (``extra["curve"] = [(step, ids, reconstructions), ...]``).
 """
 from __future__ import annotations
 
@@ -34,13 +35,27 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
             raise ScoringError("reconstructions contain NaN or inf")
         m |= metrics.reconstruction_metrics(rec, x)
         m["n_targets"] = float(len(x))
-    if out.labels is not None:
+    for step, ids, rec in out.extra.get("curve", ()):  # reconstructions at training checkpoints (FSHA)
+        x = truth.inputs(ids)
+        rec = rec.detach().cpu().float().clamp(0, 1)
+        if rec.shape != x.shape:
+            raise ScoringError(f"curve reconstructions at step {step} have shape {tuple(rec.shape)}, "
+                               f"inputs {tuple(x.shape)}")
+        m[f"mse@{int(step)}"] = metrics.mse(rec, x)
+    if out.positive_class is not None and not isinstance(out.positive_class, int):
+        raise ScoringError(f"positive_class must be an int class index, got {out.positive_class!r}")
+
+    def true_labels() -> torch.Tensor:  # binary (label == positive_class) when the attack answered that question
         y = truth.labels(out.ids)
+        return y if out.positive_class is None else (y == out.positive_class).long()
+
+    if out.labels is not None:
+        y = true_labels()
         m["label_acc"] = metrics.accuracy(out.labels.cpu(), y)
         m["label_chance"] = metrics.chance_accuracy(y)
         m["n_labels"] = float(len(y))
     if out.label_scores is not None:
-        y = truth.labels(out.ids)
+        y = true_labels()
         s = out.label_scores.detach().cpu().double()
         try:
             m["leak_auc"] = metrics.multiclass_auc(s, y) if s.ndim == 2 else metrics.auc(s, y)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-WINDOWS = ("before", "after")
+WINDOWS = ("before", "after", "checkpoints")  # checkpoints: steps a malicious policy asked to record
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Observation:
     server_out: torch.Tensor | None = None  # what the server sent to the label owner
     cut_grad: torch.Tensor | None = None  # gradient the label owner returned, per example
     tail_grads: list[dict[str, torch.Tensor]] | None = None  # label owner's parameter gradients per group
+    server_grads: dict[str, torch.Tensor] | None = None  # server-part gradients sent to the server (he)
 
     def detached(self) -> "Observation":
         def d(t):
@@ -34,6 +35,7 @@ class Observation:
             inputs=d(self.inputs), server_out=d(self.server_out), cut_grad=d(self.cut_grad),
             tail_grads=None if self.tail_grads is None else
             [{k: d(v) for k, v in g.items()} for g in self.tail_grads],
+            server_grads=None if self.server_grads is None else {k: d(v) for k, v in self.server_grads.items()},
         )
 
 

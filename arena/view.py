@@ -23,6 +23,7 @@ _FIELD_CAPS = {
     "inputs": Capability.INPUTS,
     "cut_grad": Capability.CUT_GRADIENT,
     "tail_grads": Capability.TAIL_GRADIENTS,
+    "server_grads": Capability.CUT_GRADIENT,  # they come with the cut gradient (he: dL/dW sent in clear)
 }
 
 
@@ -47,6 +48,17 @@ class ServerView:
     query: Callable[[torch.Tensor], torch.Tensor] | None = None
     client_weights: nn.Sequential | None = None
     device: str = "cpu"
+    # TRAIN_DATA: (x, y) of the private training set minus every sample observed in the transcript
+    train_data: tuple[torch.Tensor, torch.Tensor] | None = None
+    # KNOWN_LABELS: per window, (ids, labels) of the first n observed samples of each class (n: the attack's known_per_class)
+    known_labels: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    # Long attacks may report (done, total) steps here; the matrix shows a bar with time left.
+    progress: Callable[[int, int], None] | None = None
+
+    def report_progress(self, done: int, total: int) -> None:
+        """Tell the progress bar how far a long attack is (no-op outside the matrix)."""
+        if self.progress is not None:
+            self.progress(done, total)
 
     def has(self, cap: Capability) -> bool:
         return cap in self.capabilities
@@ -81,7 +93,8 @@ def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transc
                client_arch: Callable[[], nn.Sequential], tail_arch: Callable[[], nn.Sequential],
                server_part: nn.Module, server_part_before: nn.Module,
                aux: tuple[torch.Tensor, torch.Tensor] | None, trained_client: nn.Module,
-               device: str = "cpu") -> ServerView:
+               device: str = "cpu", train_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+               known_labels: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> ServerView:
     """The scorer-side constructor: copies what the attack may see and drops everything else."""
     client = copy.deepcopy(trained_client).eval()
     for p in client.parameters():
@@ -100,4 +113,6 @@ def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transc
         query=query if Capability.QUERY in granted else None,
         client_weights=client if Capability.CLIENT_WEIGHTS in granted else None,
         device=device,
+        train_data=train_data if Capability.TRAIN_DATA in granted else None,
+        known_labels=known_labels if Capability.KNOWN_LABELS in granted else None,
     )
