@@ -6,7 +6,7 @@ A spec file looks like::
     datasets = ["fashion-mnist"]
     depths = [1, 2]
     seeds = [0, 1]
-    n_train = 5000        # private training samples per run (deterministic subset by seed)
+    n_train = 5000        # private training samples per run (deterministic subset by seed); "all" = every one
     n_test = 1000
     n_aux = 1000          # disjoint auxiliary samples, only for attacks that require aux data
 
@@ -18,6 +18,10 @@ A spec file looks like::
     params = { rounds = 20 }
     grid = { lambda_tv = [0.1, 1.0] }   # every combination becomes its own cell
     setup = "vanilla"                    # optional: override the attack's default setup
+    depths = [1, 2, 3]                   # optional: this entry's own split depths (attacks: else [experiment]
+                                         # depths; defenses: else every depth an attack runs at)
+    datasets = ["mnist"]                 # optional: only these of the experiment's datasets
+    model = "lenet"                      # optional (attacks): another model than [experiment] models
 
     [[defenses]]
     name = "deeper-split"
@@ -47,10 +51,19 @@ class Entry:
     params: tuple[tuple[str, Any], ...] = ()
     setup: str | None = None
     label_layers: int | None = None
+    depths: tuple[int, ...] | None = None  # None: the experiment's depths
+    datasets: tuple[str, ...] | None = None  # None: every dataset of the experiment
+    model: str | None = None  # None: the experiment's model for the dataset (attacks only)
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.params)
+
+    def applies(self, dataset: str, depth: int, default_depths: tuple[int, ...] | None) -> bool:
+        """Whether this entry runs at (dataset, depth); without its own depths it runs at
+        ``default_depths`` (None: at any depth)."""
+        depths = default_depths if self.depths is None else self.depths
+        return (self.datasets is None or dataset in self.datasets) and (depths is None or depth in depths)
 
 
 @dataclass(frozen=True)
@@ -91,11 +104,18 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or "name" not in item:
             raise SpecError(f"{where}: [[{what}]] entry {i + 1} needs a name")
-        unknown = set(item) - {"name", "params", "grid", "setup", "label_layers"}
+        unknown = set(item) - {"name", "params", "grid", "setup", "label_layers", "depths", "datasets", "model"}
         if unknown:
             raise SpecError(f"{where}: [[{what}]] {item['name']!r} has unknown keys {sorted(unknown)}")
         if item.get("setup") is not None and item["setup"] not in SETUPS:
             raise SpecError(f"{where}: [[{what}]] {item['name']!r}: setup must be one of {SETUPS}")
+        depths, datasets = item.get("depths"), item.get("datasets")
+        if depths is not None and (not isinstance(depths, list) or not depths or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in depths)):
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: depths must be a non-empty list of integers")
+        if datasets is not None and (not isinstance(datasets, list) or not datasets
+                                     or not all(isinstance(x, str) for x in datasets)):
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: datasets must be a non-empty list of names")
         params = dict(item.get("params", {}))
         grid = dict(item.get("grid", {}))
         for k, vals in grid.items():
@@ -105,7 +125,9 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
         for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
             p = params | dict(zip(keys, combo))
             out.append(Entry(item["name"], tuple(sorted((k, _freeze(v)) for k, v in p.items())),
-                             item.get("setup"), item.get("label_layers")))
+                             item.get("setup"), item.get("label_layers"),
+                             None if depths is None else tuple(depths),
+                             None if datasets is None else tuple(datasets), item.get("model")))
     return tuple(out)
 
 
@@ -143,12 +165,34 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Experime
             kw[k] = tuple(v)
         else:
             kw[k] = v
+    for k in ("n_train", "n_test"):  # "all": the dataset's whole split (TOML has no null)
+        if kw.get(k) == "all":
+            kw[k] = None
+        elif k in kw and (isinstance(kw[k], bool) or not isinstance(kw[k], int) or kw[k] < 1):
+            raise SpecError(f"{where}: [experiment] {k} must be a positive integer or \"all\", got {kw[k]!r}")
     for k in ("depths", "seeds"):
         if k in kw and not all(isinstance(x, int) and not isinstance(x, bool) for x in kw[k]):
             raise SpecError(f"{where}: [experiment] {k} must be a list of integers")
     attacks = expand_entries(raw.get("attacks", []), "attacks", where)
     defenses = expand_entries(raw.get("defenses", [{"name": "none"}]), "defenses", where)
+    known = kw.get("datasets", Experiment.datasets)
+    for e in attacks + defenses:
+        if e.datasets is not None and not set(e.datasets) <= set(known):
+            raise SpecError(f"{where}: {e.name!r} lists datasets {sorted(set(e.datasets) - set(known))} that "
+                            f"[experiment] datasets ({', '.join(known)}) does not")
     return Experiment(**kw, train=train, attacks=attacks, defenses=defenses, source=where)
+
+
+def all_depths(exp: Experiment) -> tuple[int, ...]:
+    """The experiment's depths followed by any further depths its entries ask for (stable order)."""
+    extra = [d for e in exp.attacks + exp.defenses for d in (e.depths or ())]
+    return tuple(dict.fromkeys([*exp.depths, *extra]))
+
+
+def without_entry_limits(entries: tuple[Entry, ...], depths: bool, datasets: bool) -> tuple[Entry, ...]:
+    """Drop per-entry depth/dataset limits (a command-line --depths/--datasets overrides them)."""
+    return tuple(dataclasses.replace(e, depths=None if depths else e.depths,
+                                     datasets=None if datasets else e.datasets) for e in entries)
 
 
 def select(entries: tuple[Entry, ...], names: list[str] | None) -> tuple[Entry, ...]:

@@ -1,27 +1,31 @@
 """`python -m arena.matrix`: run every attack against every defense and score each pairing.
 
-Each finished cell is appended at once to OUT/cells.jsonl; re-running the same command skips the
-finished cells, so an interrupted run resumes where it stopped. A table and OUT/summary.csv close
-the run.
+Each finished cell is appended at once to OUT/cells.jsonl (by this process alone, whichever
+executor runs the cells: serial, `--workers N` local processes or `--executor ray`); re-running the
+same command skips the finished cells, so an interrupted run resumes where it stopped. A table,
+OUT/summary.csv and OUT/report.md + OUT/report.html (`arena.report`) close the run.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
-import time
 from pathlib import Path
 
 from . import __version__
 from .attacks import ATTACKS
-from .config import Experiment, SpecError, load_experiment, select
+from .config import Experiment, SpecError, load_experiment, select, without_entry_limits
 from .data import DATASETS
 from .defenses import DEFENSES
 from .models import MODELS
 from .records import SETUPS, TrainConfig
+from .executors import EXECUTORS, ExecutorError, RunOptions, cpu_count, execute
+from .plugins import PluginError, import_plugins
+from .progress import Progress
 from .registry import UnknownNameError
-from .report import write_summary
-from .runner import GroupContext, groups, plan, run_group, validate_depths
+from .report import write_report, write_summary
+from .runner import groups, plan, validate_depths
 from .store import CellStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Examples:\n  python -m arena.matrix                      # the default experiment (quick)\n"
                "  python -m arena.matrix --list               # what can be selected\n"
                "  python -m arena.matrix --datasets mnist --attacks unsplit --defenses none deeper-split "
-               "--depths 1 2 3 --seeds 0 1 2",
+               "--depths 1 2 3 --seeds 0 1 2\n"
+               "  python -m arena.matrix -e paper --workers 8   # 8 training runs at once\n"
+               "  python -m arena.matrix -e paper --executor ray --address auto\n"
+               "  python -m arena.matrix --plugin my_defenses.py --defenses none my-defense\n"
+               "  python -m arena.report results/quick          # rebuild the report from cells.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", "-e", default=DEFAULT_EXPERIMENT,
                    help="experiment TOML file, or the name of one in experiments/ (default: quick)")
@@ -57,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder with the dataset files (else $ARENA_DATA, the cache, system "
                                       "locations, then a download)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    ex = p.add_argument_group("execution (same seeds, same numbers, whichever executor runs the cells)")
+    ex.add_argument("--workers", "-j", type=int, metavar="N",
+                    help="run N training runs (groups of cells) at once in worker processes "
+                         f"(default 1; this machine has {cpu_count()} cores)")
+    ex.add_argument("--executor", choices=EXECUTORS,
+                    help="serial, process (local worker processes; the default when --workers > 1) or ray "
+                         "(Ray tasks; optional extra: pip install 'arena[ray]')")
+    ex.add_argument("--address", metavar="ADDR",
+                    help="Ray cluster address for --executor ray (e.g. auto or ray://head:10001; "
+                         "default: start a local Ray)")
+    ex.add_argument("--threads", type=int, metavar="T", default=1,
+                    help="torch threads per worker, serial runs included (default 1: serial, --workers and Ray "
+                         "runs then give bit-identical numbers; a different T changes the last digits)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (a module name on PYTHONPATH, or a .py file) before planning, so the "
+                        "attacks/defenses it registers can be selected; repeatable")
+    p.add_argument("--model-cache", metavar="DIR", default=os.environ.get("ARENA_MODEL_CACHE"),
+                   help="keep trained models in DIR, keyed by everything that shaped them, and reuse them "
+                        "(resumed runs, new attacks, other experiments); default $ARENA_MODEL_CACHE, else off")
+    p.add_argument("--no-report", action="store_true", help="skip report.md/report.html at the end")
     p.add_argument("--retry-errors", action="store_true", help="re-run cells whose stored status is error")
     p.add_argument("--dry-run", action="store_true", help="print the planned cells and exit")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
@@ -105,91 +133,105 @@ def apply_overrides(exp: Experiment, a: argparse.Namespace) -> Experiment:
         changes["n_test"] = a.n_test
     if a.epochs:
         changes["train"] = dataclasses.replace(exp.train, epochs=a.epochs)
-    changes["attacks"] = select(exp.attacks, a.attacks)
-    changes["defenses"] = select(exp.defenses, a.defenses)
+    # a command-line --depths/--datasets replaces the entries' own depths/datasets too
+    changes["attacks"] = without_entry_limits(select(exp.attacks, a.attacks), bool(a.depths), bool(a.datasets))
+    changes["defenses"] = without_entry_limits(select(exp.defenses, a.defenses), bool(a.depths), bool(a.datasets))
     return dataclasses.replace(exp, **changes)
 
 
-class Progress:
-    """One status line on stderr: cells done of total, the current job and an estimated time left."""
+def _execution(a: argparse.Namespace) -> tuple[str, int, int | None]:
+    """(executor, workers, torch threads per worker) from the command line."""
+    if a.workers is not None and a.workers < 1:
+        raise SpecError("--workers must be >= 1")
+    if a.threads is not None and a.threads < 1:
+        raise SpecError("--threads must be >= 1")
+    executor = a.executor or ("process" if (a.workers or 1) > 1 else "serial")
+    if a.address and executor != "ray":
+        raise SpecError("--address is for --executor ray")
+    if executor == "ray":
+        from .ray_support import _import_ray
 
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.done, self.quiet = total, 0, quiet
-        self.t0 = time.perf_counter()
-        self._last = 0.0
-        self.tty = sys.stderr.isatty()
+        _import_ray()  # fail now, with the install hint, not after planning
+    workers = 1 if executor == "serial" else (a.workers or max(1, cpu_count() // a.threads))
+    return executor, workers, a.threads
 
-    def eta(self) -> str:
-        if self.done == 0:
-            return "?"
-        left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
-        return f"{int(left // 60)}m{int(left % 60):02d}s"
 
-    def inner(self, what: str, i: int, n: int) -> None:
-        now = time.perf_counter()
-        if self.quiet or (now - self._last < 1.0 and i != n):
-            return
-        self._last = now
-        line = f"[{self.done}/{self.total} cells, ~{self.eta()} left] {what}: {100 * i // max(n, 1)}%"
-        if self.tty:
-            print("\r" + line[:150].ljust(150), end="", file=sys.stderr, flush=True)
-        elif i == n or i == 1:
-            print(line, file=sys.stderr, flush=True)
-
-    def cell(self, label: str, status: str) -> None:
-        self.done += 1
-        if not self.quiet:
-            pre = "\r" if self.tty else ""
-            print(f"{pre}[{self.done}/{self.total}] {status:<7} {label}".ljust(150 if self.tty else 0),
-                  file=sys.stderr, flush=True)
+def _plugins(names: list[str]) -> tuple[str, ...]:
+    """Plugin names as workers in other folders can import them (absolute paths for .py files)."""
+    return tuple(str(Path(n).resolve()) if n.endswith(".py") else n for n in names)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = _parser().parse_args(argv)
+    try:
+        plugins = _plugins(a.plugin)
+        import_plugins(plugins)
+    except PluginError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if a.list:
         print(list_everything())
         return 0
     try:
+        executor, workers, threads = _execution(a)
         exp = apply_overrides(load_experiment(resolve_experiment(a.experiment)), a)
         if not exp.attacks:
             raise SpecError("no attacks selected: add [[attacks]] to the experiment or pass --attacks")
         DATASETS.check(exp.datasets)
-        ATTACKS.check([e.name for e in exp.attacks])
-        DEFENSES.check([e.name for e in exp.defenses])
-        MODELS.check([exp.model_for(d) for d in exp.datasets])
+        ATTACKS.check(list(dict.fromkeys(e.name for e in exp.attacks)))
+        DEFENSES.check(list(dict.fromkeys(e.name for e in exp.defenses)))
+        MODELS.check([exp.model_for(d) for d in exp.datasets] + [e.model for e in exp.attacks if e.model])
         specs = plan(exp)
         validate_depths(specs)
-    except (SpecError, UnknownNameError, ValueError, TypeError) as e:
+    except (SpecError, UnknownNameError, ValueError, TypeError, ExecutorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = a.out or Path("results") / Path(exp.source).stem
     if a.dry_run:
         for s in specs:
             print(s.label())
-        print(f"{len(specs)} cells -> {out}")
+        print(f"{len(specs)} cells -> {out} ({len(groups(specs))} training runs)")
         return 0
     store = CellStore(out)
-    store.write_manifest({"experiment": exp.to_json(), "device": a.device, "data_dir": a.data_dir}, ["arena.matrix", *argv])
+    store.write_manifest({"experiment": exp.to_json(), "device": a.device, "data_dir": a.data_dir,
+                          "executor": executor, "workers": workers, "threads": threads, "plugins": list(plugins)},
+                         ["arena.matrix", *argv])
     done = store.done_keys(retry_errors=a.retry_errors)
     todo = [s for s in specs if s.key not in done]
+    todo_groups = groups(todo)
     if not a.quiet:
+        how = "serially" if executor == "serial" else f"with {workers} {executor} workers x {threads} threads"
         print(f"{len(specs)} cells planned, {len(specs) - len(todo)} already in {out / 'cells.jsonl'}, "
-              f"{len(todo)} to run", file=sys.stderr)
+              f"{len(todo)} to run in {len(todo_groups)} training runs {how}", file=sys.stderr)
     progress = Progress(len(todo), a.quiet)
-    ctx = GroupContext(data_dir=a.data_dir, device=a.device, out_dir=out, progress=progress.inner)
+    labels = {s.key: s.label() for s in todo}
+
+    def sink(cell, worker) -> None:
+        store.append(cell)  # the parent alone writes cells.jsonl, one whole fsynced line per cell
+        progress.cell(labels.get(cell.key, cell.key), cell.status, worker)
+
+    opts = RunOptions(data_dir=a.data_dir, device=a.device, out_dir=str(out), plugins=plugins, threads=threads,
+                      model_cache=str(Path(a.model_cache).resolve()) if a.model_cache else None)
     try:
-        for group in groups(todo):
-            labels = {s.key: s.label() for s in group}
-            for cell in run_group(group, ctx):
-                store.append(cell)
-                progress.cell(labels[cell.key], cell.status)
+        execute(todo_groups, opts, sink, progress, executor=executor, workers=workers, address=a.address)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished cells are in {out / 'cells.jsonl'}; run the same command to resume",
               file=sys.stderr)
         return 130
+    except ExecutorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    progress.close()
     print(write_summary(out))
     print(f"\ncells: {out / 'cells.jsonl'}   summary: {out / 'summary.csv'}")
+    if not a.no_report:
+        try:
+            print(f"report: {write_report(out)}")
+        except Exception as e:  # noqa: BLE001 - the cells are safe; the report can be rebuilt
+            print(f"error: the report failed ({type(e).__name__}: {e}); the cells are complete, rebuild it with "
+                  f"python -m arena.report {out}", file=sys.stderr)
+            return 1
     return 0
 
 

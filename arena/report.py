@@ -1,7 +1,12 @@
-"""Tables derived from stored cells (`python -m arena.report DIR` rebuilds them without rerunning).
+"""Tables and the report derived from stored cells (`python -m arena.report DIR` rebuilds
+DIR/summary.csv, DIR/report.md, DIR/report.html and DIR/figures/ from DIR/cells.jsonl without
+rerunning anything).
 
 Every figure is a mean over seeds with a 95% confidence interval (Student t); the number of seeds
-is a column of its own.
+is a column of its own. Each attack is judged by one headline leakage metric chosen by its kind
+(`headline_metric`): SSIM for inversion, clone accuracy for stealing, label accuracy (else leak
+AUC) for label inference; higher always means more leakage. The figures are in `arena.plots`, the
+document (with the per-attack conclusions) in `arena.report_doc`.
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from .store import read_cells
 
 CELL_COLUMNS = ["dataset", "model", "depth", "setup", "attack", "attack_params", "defense", "defense_params"]
 HEADLINE = ["mse", "psnr", "ssim", "clone_acc", "label_acc", "leak_auc", "test_acc"]
+HEADLINE_BY_KIND = {"inversion": ("ssim",), "hijack": ("ssim",), "baseline": ("ssim",),
+                    "stealing": ("clone_acc",), "label": ("label_acc", "leak_auc")}
+LEAKAGE = ("ssim", "clone_acc", "label_acc", "leak_auc")  # fallback order for unknown kinds
 # two-sided 95% t quantiles for small n; large n -> 1.96
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -31,6 +39,27 @@ def ci95(values: Sequence[float]) -> tuple[float, float]:
         return m, 0.0
     sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
     return m, _T95.get(len(v) - 1, 1.96) * sd / math.sqrt(len(v))
+
+
+def attack_kind(name: str) -> str | None:
+    """The registered attack's kind (None if its module is not importable here)."""
+    from .attacks import ATTACKS
+    from .registry import UnknownNameError
+
+    try:
+        return getattr(ATTACKS.get(name), "kind", None)
+    except UnknownNameError:
+        return None
+
+
+def headline_metric(attack: str, available: Sequence[str], binary: bool = False) -> str | None:
+    """The one leakage metric an attack is judged by: its kind's first metric it reports. A label
+    attack that answers a yes/no question (``binary``: label accuracy's chance is >= 0.5, e.g.
+    "is this the positive class?") is judged by its leak AUC, as Li et al. do."""
+    order = HEADLINE_BY_KIND.get(attack_kind(attack) or "", ())
+    if binary:
+        order = ("leak_auc",) + order
+    return next((m for m in order + LEAKAGE if m in available), None)
 
 
 def cells_frame(cells: list[Cell]):
@@ -113,6 +142,51 @@ def _short(s: str, n: int = 40) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+def _params(js: str) -> str:
+    if not js:
+        return ""
+    return "(" + ",".join(f"{k}={v}" for k, v in json.loads(js).items()) + ")"
+
+
+CHANCE = {"ssim": 0.0, "clone_acc": 0.1, "label_acc": 0.1, "leak_auc": 0.5}
+
+
+def leakage_frame(summary):
+    """One row per summarised cell with its attack's headline metric: value, CI, a colour value
+    normalised to 0 = chance .. 1 = full leakage, the cell state (ok / partial / blocked / error),
+    test accuracy and cost. The input of the heatmaps, frontiers and conclusions."""
+    import pandas as pd
+
+    rows = []
+    if summary is None or len(summary) == 0:
+        return pd.DataFrame(rows)
+    for attack, g in summary.groupby("attack", sort=True):
+        have = [m for m in LEAKAGE if m in g.columns and g[m].notna().any()]
+        binary = "label_chance" in g.columns and g["label_chance"].mean() >= 0.5
+        metric = headline_metric(attack, have, binary)
+        for _, r in g.iterrows():
+            v = r.get(metric, math.nan) if metric else math.nan
+            if metric == "leak_auc" and v == v:  # a score that ranks the classes backwards leaks as much
+                v = max(v, 1.0 - v)
+            chance = CHANCE.get(metric or "", 0.0)
+            if metric == "label_acc" and isinstance(r.get("label_chance"), float) and not math.isnan(r["label_chance"]):
+                chance = r["label_chance"]
+            state = ("partial" if "error" in r["status"] else "ok") if r["n_seeds"] > 0 else \
+                ("blocked" if "blocked" in r["status"] else "error")
+            cost = next((r.get(c) for c in ("cost.client_s_per_sample", "cost.client_flops")
+                         if isinstance(r.get(c), float) and not math.isnan(r[c])), math.nan)
+            rows.append({
+                "dataset": r["dataset"], "depth": int(r["depth"]), "setup": r["setup"], "attack": attack,
+                "attack_label": attack + _params(r["attack_params"]), "defense": r["defense"],
+                "defense_label": r["defense"] + _params(r["defense_params"]), "metric": metric,
+                "value": v, "ci": r.get(f"{metric}_ci95", math.nan) if metric else math.nan,
+                "norm": min(max((v - chance) / (1 - chance), 0.0), 1.0) if v == v else math.nan,
+                "state": state, "n_seeds": int(r["n_seeds"]), "test_acc": r.get("test_acc", math.nan),
+                "test_acc_ci": r.get("test_acc_ci95", math.nan), "cost": cost,
+                "reason": r.get("reason") or "", "error": r.get("error") or ""})
+    return pd.DataFrame(rows)
+
+
 def write_summary(out_dir: str | Path) -> str:
     """Write DIR/summary.csv from DIR/cells.jsonl and return the printed table."""
     out_dir = Path(out_dir)
@@ -124,15 +198,35 @@ def write_summary(out_dir: str | Path) -> str:
     return format_table(summary)
 
 
+def write_report(out_dir: str | Path) -> Path:
+    """Write DIR/report.md, DIR/report.html and their figures from DIR/cells.jsonl; returns report.md."""
+    from .report_doc import build_report
+
+    return build_report(Path(out_dir))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m arena.report",
-                                description="Rebuild summary.csv and the table from DIR/cells.jsonl (no rerun).")
+                                description="Rebuild summary.csv, report.md, report.html and figures/ from "
+                                            "DIR/cells.jsonl (nothing is rerun).")
     p.add_argument("dir", help="a run folder written by python -m arena.matrix")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (so plugin attacks get their kind's headline metric)")
+    p.add_argument("--table-only", action="store_true", help="only summary.csv and the printed table")
     a = p.parse_args(argv)
     if not (Path(a.dir) / "cells.jsonl").exists():
         print(f"error: {a.dir} has no cells.jsonl; pass the --out folder of a matrix run", file=sys.stderr)
         return 2
+    from .plugins import PluginError, import_plugins
+
+    try:
+        import_plugins(a.plugin)
+    except PluginError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(write_summary(a.dir))
+    if not a.table_only:
+        print(f"report: {write_report(a.dir)}")
     return 0
 
 

@@ -1,0 +1,97 @@
+"""On-disk cache of trained split models (`--model-cache DIR`), so a resumed run, a re-run with a
+new attack, or another experiment with the same scenario does not train the same model again.
+
+Training dominates a cell (DESIGN.md, "Where the time goes"). An entry is keyed by a hash of
+everything that shaped the training run: the scenario (dataset, model, depth, setup, seed, subset
+sizes, train config), the defense and its parameters, the auxiliary-set size, the device, the torch
+thread count and version, and the source code that trains (arena's modules except the attacks and
+the reporting side, plus the defense's own module, so an edited plugin misses the cache). It holds
+the `TrainResult`, the cell cost (with the defense's report) and the global random states after
+training, which are restored on a hit so that the attacks draw exactly what they would have drawn
+after a fresh training run: cached or not, the same numbers.
+
+Malicious attacks (FSHA) impose their own training and keep state from it: never cached. A cache
+entry that cannot be written (an unpicklable transcript) or read (a corrupt file) is skipped with
+a warning; the run goes on by training.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import random
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+# modules that do not shape a training run (editing them must not invalidate the cache)
+NOT_TRAINING = {"matrix.py", "report.py", "report_doc.py", "report_html.py", "plots.py", "conclusions.py",
+                "executors.py", "ray_support.py", "progress.py", "plugins.py", "store.py", "model_cache.py",
+                "artifacts.py", "scoring.py", "metrics.py", "view.py", "__main__.py"}
+
+
+@lru_cache(maxsize=None)
+def _file_hash(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    root = Path(__file__).resolve().parent
+    files = sorted(p for p in root.rglob("*.py") if "attacks" not in p.relative_to(root).parts
+                   and p.name not in NOT_TRAINING)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + _file_hash(str(p)).encode())
+    return h.hexdigest()
+
+
+def cache_key(spec: Any, defense_cls: type, device: str) -> str:
+    try:
+        defense_src = _file_hash(inspect.getsourcefile(defense_cls) or "")
+    except (TypeError, OSError):
+        defense_src = "?"
+    ident = {"scenario": spec.scenario.key(), "defense": [spec.defense.name, spec.defense.params],
+             "n_aux": spec.n_aux, "device": device, "threads": torch.get_num_threads(),
+             "torch": torch.__version__, "code": code_fingerprint(), "defense_code": defense_src}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["random"])
+    np.random.set_state(s["numpy"])
+
+
+def cached_training(cache_dir: str | os.PathLike | None, key: str | None,
+                    train: Callable[[], tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]]:
+    """``train()`` -> (result, cost), through the cache at ``cache_dir`` (None: no cache)."""
+    if cache_dir is None or key is None:
+        return train()
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.exists():
+        try:
+            blob = torch.load(path, weights_only=False)
+            _set_rng_state(blob["rng"])
+            return blob["result"], {**blob["cost"], "train_cached": True}
+        except Exception as e:  # noqa: BLE001 - a bad entry costs a retraining, not the cell
+            warnings.warn(f"model cache entry {path} unreadable ({type(e).__name__}: {e}); training again")
+    result, cost = train()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"result": result, "cost": cost, "rng": _rng_state()}, tmp)
+        os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001
+        warnings.warn(f"model cache: could not store {path.name} ({type(e).__name__}: {e})")
+        Path(str(path.with_suffix(f".{os.getpid()}.tmp"))).unlink(missing_ok=True)
+    return result, cost

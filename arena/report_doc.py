@@ -1,0 +1,177 @@
+"""DIR/report.md and DIR/report.html from DIR/cells.jsonl: heatmaps, frontiers, conclusions, grids.
+
+Everything here is derived from the stored cells (and the manifest): rebuilding never reruns a
+cell. Figures go to DIR/figures/ (rewritten each time); reconstruction grids are the PNGs the run
+saved under DIR/grids/ and are linked, not copied.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from . import plots
+from .conclusions import ACC_BUDGET, conclude, overview
+from .report import _params, attack_kind, leakage_frame, summarize
+from .report_html import Block, to_html, to_markdown
+from .store import MANIFEST, read_cells
+
+MAX_GRIDS = 12  # per attack: one per defense setting (lowest seed), the main depth first
+
+
+def _slug(text: str) -> str:
+    h = hashlib.sha1(text.encode()).hexdigest()[:6]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60].strip("_") + "-" + h
+
+
+def _pm(v, h) -> str:
+    if v is None or v != v:
+        return "-"
+    return f"{v:.3f}" + (f" ± {h:.3f}" if h == h and h and h > 0 else "")
+
+
+def _cost(v) -> str:
+    if v != v:
+        return "-"
+    return f"{v * 1e3:.3g} ms" if v < 1 else f"{v:.3g} FLOPs"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _header(out: Path, cells) -> list[Block]:
+    manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {}
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    blocks: list[Block] = [("h", 1, f"arena report: {out.name}")]
+    meta = [f"{len(cells)} cells ({states}) from `cells.jsonl`; table: `summary.csv`."]
+    if manifest:
+        meta.append(f"Command: `{' '.join(manifest.get('command', []))}`; code {manifest.get('code_version', '?')}, "
+                    f"torch {manifest.get('packages', {}).get('torch', '?')}; last run {manifest.get('updated', '?')}.")
+    blocks.append(("p", " ".join(meta)))
+    return blocks
+
+
+def _how_to_read() -> list[Block]:
+    return [("h", 2, "How to read this report"), ("ul", [
+        "Every number is a **mean over seeds with its 95% confidence interval** (Student t); `n` is the number "
+        "of seeds that finished. A single seed has no interval.",
+        "Each attack is judged by one **headline leakage metric** (higher = more leakage): SSIM for inversion "
+        "and hijacking, clone test accuracy for model stealing, label accuracy (else leak AUC) for label "
+        "inference; a leak AUC is folded to max(AUC, 1 − AUC), since a score that ranks the classes backwards "
+        "separates them as well. Heatmap colours rescale the metric to 0 = chance (SSIM 0, accuracy 1/classes, "
+        "AUC 0.5) .. 1 = perfect.",
+        "**blocked** (grey, hatched): the defense removes a capability the attack requires, so the attack "
+        "cannot run; **error** (red, hatched): the cell failed. Neither is ever counted as zero leakage.",
+        "Frontier plots: leakage vs test accuracy, one point per defense setting; marker area grows with "
+        "the client's cost (measured client seconds per sample); the dashed line joins the best trade-offs.",
+    ])]
+
+
+def _attack_label(r) -> str:
+    return r["attack"] + _params(r["attack_params"])
+
+
+def _grids(out: Path, cells) -> dict[tuple, str]:
+    """(attack_label, dataset, depth, defense_label) -> grid PNG of the lowest finished seed."""
+    best: dict[tuple, tuple[int, str]] = {}
+    for c in cells:
+        path = c.artifacts.get("grid") if c.status == "ok" else None
+        if not path or not (out / path).exists():
+            continue
+        k = (c.attack + _params(json.dumps(c.attack_params, sort_keys=True) if c.attack_params else ""),
+             c.dataset, c.depth, c.defense + _params(json.dumps(c.defense_params, sort_keys=True)
+                                                      if c.defense_params else ""))
+        if k not in best or c.seed < best[k][0]:
+            best[k] = (c.seed, path)
+    return {k: v[1] for k, v in best.items()}
+
+
+def _attack_table(g) -> tuple[list[str], list[list[str]]]:
+    metric = g["metric"].dropna().iloc[0] if g["metric"].notna().any() else "leakage"
+    header = ["dataset", "depth", "defense", "n", metric, "test acc", "client cost / sample", "status"]
+    rows = []
+    for r in g.sort_values(["dataset", "depth", "defense", "defense_label"]).itertuples():
+        if r.state in ("blocked", "error"):
+            why = (r.reason if r.state == "blocked" else r.error) or ""
+            rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", _cost(r.cost), f"{r.state}: {why}"])
+        else:
+            rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, _pm(r.value, r.ci),
+                         _pm(r.test_acc, r.test_acc_ci), _cost(r.cost), r.state])
+    return header, rows
+
+
+def build_report(out: Path) -> Path:
+    cells = read_cells(out)
+    summary = summarize(cells)
+    lf = leakage_frame(summary)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    for old in figdir.glob("*.png"):
+        old.unlink()
+    blocks = _header(out, cells)
+    if lf.empty:
+        blocks.append(("p", "No cells yet."))
+        return _write(out, blocks)
+    blocks += [("h", 2, "Which defense, at what cost"),
+               ("p", "Per attack at its main split depth: mean leakage over seeds without a defense, the defense "
+                     "setting that lowers it most with its test-accuracy cost, and the best setting that costs at "
+                     f"most {100 * ACC_BUDGET:.0f} accuracy points (n.s.: within the 95% CIs of undefended)."),
+               ("table", *overview(lf))]
+    plot_error = None
+    try:
+        blocks.append(("h", 2, "Leakage heatmaps"))
+        for ds in dict.fromkeys(lf["dataset"]):
+            path = plots.heatmap(lf, ds, figdir / f"heatmap-{_slug(ds)}.png")
+            blocks.append(("img", str(path.relative_to(out)), f"{ds}: headline leakage per attack (rows) and "
+                           "defense setting (columns), mean ± 95% CI over seeds"))
+    except plots.PlotError as e:  # seaborn missing: say so; the text report is still written
+        plot_error = str(e)
+    if plot_error:
+        blocks.append(("p", f"Figures skipped: {plot_error}"))
+    grids = _grids(out, cells)
+    blocks += _how_to_read()
+    blocks.append(("h", 2, "Attacks"))
+    for label in dict.fromkeys(lf.sort_values(["attack", "attack_label"])["attack_label"]):
+        g = lf[lf["attack_label"] == label]
+        kind = attack_kind(g["attack"].iloc[0]) or "unknown kind"
+        blocks.append(("h", 3, f"{label} ({kind})"))
+        if not plot_error and g["state"].isin(["ok", "partial"]).any():
+            path = plots.frontier(lf, label, figdir / f"frontier-{_slug(label)}.png")
+            blocks.append(("img", str(path.relative_to(out)), f"{label}: privacy–utility frontier"))
+            path = plots.curves(summary, label, _attack_label, figdir / f"curve-{_slug(label)}.png")
+            if path is not None:
+                blocks.append(("img", str(path.relative_to(out)), f"{label}: reconstruction error during "
+                               "training (mean ± 95% CI over seeds)"))
+        datasets = list(dict.fromkeys(g["dataset"]))
+        what = []
+        for ds in datasets:
+            prefix = f"**{ds}**: " if len(datasets) > 1 else ""
+            what.extend(prefix + s for s in conclude(lf, label, ds))
+        blocks += [("p", "**What to conclude**"), ("ul", what), ("table", *_attack_table(g))]
+        shots = sorted(((k, v) for k, v in grids.items() if k[0] == label),
+                       key=lambda kv: (kv[0][1], kv[0][2], kv[0][3] != "none", kv[0][3]))[:MAX_GRIDS]
+        if shots:
+            blocks.append(("p", "Reconstructions (top row true, bottom row reconstructed; lowest seed):"))
+            blocks.append(("gallery", [(v, f"{k[1]} depth {k[2]}, {k[3]}") for k, v in shots]))
+    bad = lf[lf["state"].isin(["blocked", "error"])]
+    if len(bad):
+        blocks.append(("h", 2, "Blocked and failed cells"))
+        blocks.append(("table", ["dataset", "depth", "attack", "defense", "status", "why"],
+                       [[r.dataset, r.depth, r.attack_label, r.defense_label, r.state,
+                         (r.reason if r.state == "blocked" else r.error) or ""] for r in bad.itertuples()]))
+    return _write(out, blocks)
+
+
+def _write(out: Path, blocks: list[Block]) -> Path:
+    _atomic_write(out / "report.html", to_html(blocks, f"arena report: {out.name}"))
+    path = out / "report.md"
+    _atomic_write(path, to_markdown(blocks))
+    return path

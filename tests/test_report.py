@@ -1,0 +1,154 @@
+"""The report: statistics over seeds, headline metrics, blocked/error cells, conclusions, rebuild.
+
+Built from synthetic cells with known numbers (no training), so the assertions are exact.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+
+import pytest
+import torch
+
+from arena.records import Cell
+from arena.report import ci95, leakage_frame, main as report_main, summarize
+from arena.store import CELLS, CellStore, read_cells
+
+DEFENSES = [("none", {}), ("noise", {"sigma": 0.5}), ("noise", {"sigma": 2.0}), ("shield", {})]
+# (attack, params, metric, depths); unregistered names: the headline comes from the metrics present
+ATTACKS = [("toy-inversion", {"lambda_tv": 0.1}, "ssim", (1, 2)), ("toy-label", {}, "label_acc", (1,)),
+           ("mean-image", {}, "ssim", (1,))]
+# leakage and test accuracy per defense: noise 2.0 leaks least but costs 20 points; noise 0.5 costs 1 point
+LEAK = {"none": 0.8, "noise(sigma=0.5)": 0.5, "noise(sigma=2.0)": 0.1}
+ACC = {"none": 0.90, "noise(sigma=0.5)": 0.89, "noise(sigma=2.0)": 0.70}
+
+
+def _label(name, params):
+    return name + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
+
+
+def make_cells(n_seeds: int = 3, grid_dir=None) -> list[Cell]:
+    cells = []
+    for attack, aparams, metric, depths in ATTACKS:
+        for depth in depths:
+            for defense, dparams in DEFENSES:
+                d = _label(defense, dparams)
+                for seed in range(n_seeds):
+                    key = hashlib.sha256(repr((attack, aparams, depth, d, seed)).encode()).hexdigest()[:16]
+                    base = dict(key=key, dataset="digits", model="lenet", depth=depth, setup="vanilla",
+                                attack=attack, attack_params=aparams, defense=defense, defense_params=dparams,
+                                seed=seed)
+                    if defense == "shield" and attack == "toy-label":
+                        cells.append(Cell(**base, status="blocked", reason="toy-label requires labels, which "
+                                          "defense shield removes"))
+                        continue
+                    if defense == "shield":
+                        cells.append(Cell(**base, status="error", error="RuntimeError: shield exploded"))
+                        continue
+                    leak = (0.03 if attack == "mean-image" else LEAK[d] / depth) + 0.01 * seed
+                    m = {metric: leak} | ({"label_chance": 0.1} if metric == "label_acc" else {"mse": 0.05})
+                    if attack == "toy-inversion":  # a curve during training, as FSHA records it
+                        m |= {f"mse@{step}": 0.2 / (1 + step * leak) for step in (0, 50, 100)}
+                    art = {}
+                    if grid_dir is not None and seed == 0 and attack == "toy-inversion" and depth == 1:
+                        from arena.artifacts import save_grid
+
+                        rel = f"grids/{key}.png"
+                        save_grid(grid_dir / rel, torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), title=d)
+                        art = {"grid": rel}
+                    cells.append(Cell(**base, status="ok", metrics=m, utility={"test_acc": ACC[d] + 0.002 * seed},
+                                      cost={"client_s_per_sample": 1e-4 * (1 + seed)}, wall_s=1.0, artifacts=art))
+    return cells
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    store = CellStore(tmp_path)
+    for c in make_cells(grid_dir=tmp_path):
+        store.append(c)
+    return tmp_path
+
+
+def test_ci95_matches_student_t():
+    stats = pytest.importorskip("scipy.stats")
+    v = [0.2, 0.25, 0.31, 0.18]
+    m, h = ci95(v)
+    sem = stats.sem(v)
+    assert m == pytest.approx(sum(v) / 4)
+    assert h == pytest.approx(stats.t.ppf(0.975, 3) * sem, rel=1e-3)
+    assert ci95([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(x) for x in ci95([]))
+
+
+def test_summary_has_mean_ci_and_seed_count():
+    s = summarize(make_cells())
+    row = s[(s["attack"] == "toy-inversion") & (s["defense"] == "none") & (s["depth"] == 1)].iloc[0]
+    assert row["n_seeds"] == 3
+    assert row["ssim"] == pytest.approx(0.81)
+    assert row["ssim_ci95"] == pytest.approx(4.303 * 0.01 / math.sqrt(3), rel=1e-3)
+
+
+def test_headline_metric_and_states_never_zero():
+    lf = leakage_frame(summarize(make_cells()))
+    assert set(lf.loc[lf["attack"] == "toy-label", "metric"]) == {"label_acc"}
+    assert set(lf.loc[lf["attack"] == "toy-inversion", "metric"]) == {"ssim"}
+    blocked = lf[lf["state"] == "blocked"]
+    errors = lf[lf["state"] == "error"]
+    assert len(blocked) == 1 and len(errors) == 3
+    assert blocked["value"].isna().all() and errors["value"].isna().all()  # never scored as 0
+    assert "removes" in blocked["reason"].iloc[0] and "exploded" in errors["error"].iloc[0]
+    lab = lf[(lf["attack"] == "toy-label") & (lf["defense"] == "none")].iloc[0]
+    assert lab["norm"] == pytest.approx((0.81 - 0.1) / 0.9)  # colour: 0 = chance, 1 = perfect
+
+
+def test_report_files_conclusions_and_rebuild(run_dir, capsys):
+    pytest.importorskip("seaborn")
+    before = (run_dir / CELLS).read_bytes()
+    assert report_main([str(run_dir)]) == 0
+    assert (run_dir / CELLS).read_bytes() == before  # rebuilding never touches the results
+    md = (run_dir / "report.md").read_text()
+    html = (run_dir / "report.html").read_text()
+    heatmaps = sorted((run_dir / "figures").glob("heatmap-*.png"))
+    frontiers = sorted((run_dir / "figures").glob("frontier-*.png"))
+    curves = sorted((run_dir / "figures").glob("curve-*.png"))
+    assert len(heatmaps) == 1 and len(frontiers) == 3 and len(curves) == 1  # only toy-inversion has a curve
+    assert "toy-inversion" in curves[0].name
+    assert all(p.stat().st_size > 5000 for p in heatmaps + frontiers)
+    for p in heatmaps + frontiers + curves:
+        assert f"figures/{p.name}" in md and f"figures/{p.name}" in html
+    assert "grids/" in md and "<img src='grids/" in html  # reconstruction grids linked
+    # the conclusions come from the numbers: noise 2.0 leaks least but costs 20 points,
+    # noise 0.5 is the best setting within 2 accuracy points
+    assert "Lowest leakage: noise(sigma=2.0), ssim 0.110 ± 0.025 (-0.700 vs undefended)" in md
+    assert "(-20.0 points)" in md
+    assert "Best within 2 accuracy points: noise(sigma=0.5)" in md
+    assert "Blocked (the attack cannot run at all) by shield" in md
+    assert "by split depth: depth 1: 0.810, depth 2: 0.410" in md
+    assert "mean-image baseline scores ssim 0.040 ± 0.025: the attack is clearly above it" in md
+    assert "| digits | 1 | shield | 0 | - | - | - | blocked: toy-label requires labels" in md
+    assert "class='blocked'" in html and "class='error'" in html
+    assert "n | ssim" in md and "0.810 ± 0.025" in md  # n seeds and mean ± CI in the tables
+    capsys.readouterr()
+
+
+def test_report_without_seaborn_still_writes_text(run_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "seaborn", None)  # import seaborn -> ImportError
+    assert report_main([str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    assert "Figures skipped" in md and "pip install 'arena[plot]'" in md
+    assert "Lowest leakage" in md
+    assert not list((run_dir / "figures").glob("*.png"))
+
+
+def test_report_cli_errors(tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 2
+    assert "no cells.jsonl" in capsys.readouterr().err
+
+
+def test_report_survives_a_partial_last_line(run_dir):
+    with (run_dir / CELLS).open("a") as f:
+        f.write('{"key": "half')
+    n = len(read_cells(run_dir))
+    assert report_main([str(run_dir), "--table-only"]) == 0
+    assert n == len(make_cells())
