@@ -1,0 +1,191 @@
+"""Li et al.'s cut-gradient label attacks: norm scoring (binary) and direction scoring (cosine).
+
+Undefended, direction scoring leaks every label of a 10-class task; norm scoring leaks the rare
+positive class of an imbalanced binary task (Li et al.'s setting). Each sees only the gradients
+(and, for cosine, exactly its known examples) and is blocked without CUT_GRADIENT.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from arena.attacks import ATTACKS
+from arena.attacks.label_leak import CosineLabel, NormLabel, two_means_threshold
+from arena.defenses import DEFENSES, Defense
+from arena.matrix import main
+from arena.models import build_model
+from arena.protocol import Data, make_setup, train
+from arena.records import AttackOutput, Capability, Scenario, TrainConfig
+from arena.runner import make_view
+from arena.scoring import score
+from arena.seeding import seed_everything, torch_generator
+from arena.store import CELLS
+
+C = Capability
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _trained(data, setup_name="u-shaped"):
+    sc = Scenario("digits", "lenet", 1, setup=setup_name, seed=0,
+                  train=TrainConfig(epochs=2, batch_size=32, record_steps=3))
+    seed_everything(0, "init")
+    setup = make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
+    return setup, train(setup, data, torch_generator(0, "train"))
+
+
+@pytest.fixture(scope="module")
+def ushaped(tiny_data):
+    return _trained(tiny_data)
+
+
+@pytest.fixture(scope="module")
+def binary(tiny_data):
+    """Li et al.'s setting: an imbalanced binary task (digit 0 vs the rest, ~10% positives)."""
+    d = tiny_data
+    b = lambda y: (y == 0).long()  # noqa: E731
+    data = Data(d.x_train, b(d.y_train), d.x_test, b(d.y_test), d.x_aux, b(d.y_aux), 2)
+    return data, _trained(data)
+
+
+def _run(name, trained, data, **params):
+    setup, res = trained
+    attack = ATTACKS.create(name, **params)
+    view = make_view(attack, setup, res, data, "cpu")
+    out = attack.run(view, torch_generator(0, "attack"))
+    return score(out, res, data.x_test, data.y_test), out, view
+
+
+@pytest.mark.parametrize("setup_name", ["u-shaped", "label-only"])
+def test_cosine_label_leaks_all_labels_undefended(tiny_data, ushaped, setup_name):
+    trained = ushaped if setup_name == "u-shaped" else _trained(tiny_data, "label-only")
+    m, out, view = _run("cosine-label", trained, tiny_data)
+    assert m["leak_auc"] > 0.95 and m["label_acc"] > 0.9, m
+    assert m["label_acc"] > m["label_chance"] + 0.5
+    known_ids, known_y = view.known_labels["after"]
+    assert set(known_ids.tolist()).isdisjoint(out.ids.tolist())  # known examples are not scored
+    assert len(known_ids) == len(set(known_y.tolist())) and out.label_scores.shape == (len(out.ids), 10)
+
+
+def test_norm_label_leaks_the_rare_positive_class_of_a_binary_task(binary):
+    data, trained = binary
+    m, out, _ = _run("norm-label", trained, data, positive=1)
+    assert out.positive_class == 1 and out.label_scores.ndim == 1
+    assert m["leak_auc"] > 0.9, m
+    assert m["label_acc"] >= m["label_chance"], m
+    m_cos, _, _ = _run("cosine-label", trained, data)
+    assert m_cos["label_acc"] > 0.9, m_cos
+
+
+def test_norm_label_on_balanced_multiclass_data_is_scored_one_vs_rest(tiny_data, ushaped):
+    m, out, view = _run("norm-label", ushaped, tiny_data, positive=3)
+    y = ushaped[1].truth.labels(out.ids)
+    assert m["label_chance"] == pytest.approx(max(float((y == 3).float().mean()), float((y != 3).float().mean())))
+    assert 0 <= m["leak_auc"] <= 1
+    assert view.known_labels is None and view.observations()[0].smashed is None  # least privilege
+
+
+def test_views_hold_exactly_the_declared_knowledge(tiny_data, ushaped):
+    setup, res = ushaped
+    for k in (1, 2):
+        view = make_view(CosineLabel(known_per_class=k), setup, res, tiny_data, "cpu")
+        for w in ("before", "after"):
+            ids, y = view.known_labels[w]
+            counts = torch.bincount(y, minlength=10)
+            assert int(counts.max()) <= k and torch.equal(res.truth.labels(ids), y)
+        assert view.client_weights is None and view.query is None and view.aux is None and view.train_data is None
+        assert view.observations()[0].labels is None
+
+
+def test_scorer_binarises_for_positive_class(tiny_data, ushaped):
+    _, res = ushaped
+    ids = torch.cat([o.ids for o in res.transcript.observations("after")])
+    y = res.truth.labels(ids)
+    perfect = AttackOutput(ids=ids, labels=(y == 4).long(), label_scores=(y == 4).float(), positive_class=4)
+    m = score(perfect, res, tiny_data.x_test, tiny_data.y_test)
+    assert m["label_acc"] == 1.0 and m["leak_auc"] == 1.0
+
+
+def test_two_means_threshold_splits_two_clusters():
+    s = torch.tensor([0.1, 0.2, 0.15, 5.0, 5.5, 0.12])
+    t = two_means_threshold(s)
+    assert 0.2 < t < 5.0
+    assert two_means_threshold(torch.ones(4)) == 1.0
+
+
+@pytest.mark.parametrize("cls,params,needle", [
+    (NormLabel, {"positive": -1}, "positive"),
+    (NormLabel, {"positive": 1.5}, "positive"),
+    (NormLabel, {"window": "middle"}, "window"),
+    (CosineLabel, {"known_per_class": 0}, "known_per_class"),
+    (CosineLabel, {"reference": "mean"}, "unknown parameter"),
+])
+def test_bad_parameters_raise(cls, params, needle):
+    with pytest.raises(ValueError, match=needle):
+        cls(**params)
+
+
+def test_positive_class_outside_the_task_raises(tiny_data, ushaped):
+    with pytest.raises(ValueError, match="positive=10"):
+        _run("norm-label", ushaped, tiny_data, positive=10)
+
+
+TINY = """
+[experiment]
+datasets = ["digits"]
+depths = [1]
+seeds = [0]
+n_train = 256
+n_test = 100
+n_aux = 100
+
+[train]
+epochs = 1
+batch_size = 32
+record_steps = 2
+
+[[attacks]]
+name = "norm-label"
+
+[[attacks]]
+name = "cosine-label"
+
+[[defenses]]
+name = "none"
+
+[[defenses]]
+name = "test-no-cut-gradient"
+"""
+
+
+class _NoCutGradient(Defense):
+    name = "test-no-cut-gradient"
+    removes = frozenset({C.CUT_GRADIENT})
+
+    def apply(self, setup, generator):
+        return setup.replace(removes=setup.removes | self.removes)
+
+
+def test_label_attacks_run_in_the_matrix_and_are_blocked_without_cut_gradients(tmp_path):
+    DEFENSES.register(_NoCutGradient.name, _NoCutGradient)
+    try:
+        spec = tmp_path / "tiny.toml"
+        spec.write_text(TINY)
+        assert main(["-e", str(spec), "--out", str(tmp_path / "run"), "-q", "--no-report"]) == 0
+    finally:
+        DEFENSES.unregister(_NoCutGradient.name)
+    cells = {(c["attack"], c["defense"]): c for c in map(json.loads, (tmp_path / "run" / CELLS).read_text().splitlines())}
+    assert len(cells) == 4
+    for attack in ("norm-label", "cosine-label"):
+        ok, blocked = cells[(attack, "none")], cells[(attack, "test-no-cut-gradient")]
+        assert ok["status"] == "ok" and ok["setup"] == "u-shaped", ok["error"]
+        assert blocked["status"] == "blocked" and "cut_gradient" in blocked["reason"] and blocked["metrics"] == {}
+    assert cells[("cosine-label", "none")]["metrics"]["leak_auc"] > 0.9
