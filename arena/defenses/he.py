@@ -1,0 +1,124 @@
+"""`he` - the client's activations travel CKKS-encrypted and the server computes on ciphertext.
+
+Paper: Khan, Nguyen, Michalas et al., "Split Ways: Privacy-Preserving Training of Encrypted Data
+Using Split Learning" (2023) and "Split Without a Leak: Reducing Privacy Leakage in Split Learning"
+(2023): U-shaped split learning, the client encrypts its activation maps with CKKS (TenSEAL), the
+server applies a linear layer on ciphertext, the client decrypts, finishes the network and
+computes the loss; gradients travel in plaintext.
+
+How a scenario maps onto it. CKKS only adds and multiplies, so the server part must be linear
+layers (and Square activations within the multiplicative depth). The defense moves the cut to
+the layer before the first linear layer after the scenario's cut (LeNet at any depth <= 5: the
+client runs layers 0..5, 256 features), gives the server ``server_layers`` layers from there
+(default 1: Linear(256->120)), and turns the setup into U-shaped with the client keeping every
+later layer as its tail (LeNet: 4 layers) and its labels. The cell's cost records the effective
+``depth``, ``he_label_layers`` and ``he_server_layers``. The label-only setup (the server owns the
+inputs) cannot be defended this way: a clear error.
+
+What the server still sees, exactly (protocol.py puts these and nothing else in the transcript):
+- no plaintext smashed data (obs.smashed None: capability SMASHED is removed, so inversion
+  attacks that need it are `blocked`), and not its own output (obs.server_out None);
+- the cut gradient g_h = dL/dh the client returns (obs.cut_grad, capability CUT_GRADIENT), and,
+  with ``train_server`` (default), its layer's gradients dL/dW = g_h^T a and dL/db sent in
+  plaintext (obs.server_grads, with CUT_GRADIENT). Together they pin down a batch's activations a
+  by least squares when the batch is no larger than the layer's outputs: the matrix should be
+  read with that in mind. ``train_server=False`` freezes the server layer and sends no dL/dW;
+- the label owner's tail gradients as in any U-shaped run (TAIL_GRADIENTS);
+- from a vanilla scenario the labels no longer travel (LABELS removed too).
+What is simulated: the backward pass runs through a plaintext copy of the server's forward,
+which yields exactly the plaintext gradients listed above (arena/he_channel.py says how).
+
+Parameters: poly_modulus_degree (8192), coeff_mod_bit_sizes ([60, 40, 40, 60]), scale_bits (40:
+global scale 2^40; ~1e-7 error. The paper's [40, 21, 21, 21, 40] with 2^21 was measured at ~18%),
+server_layers (1), packing ("batch": many samples per ciphertext, two per slot when the server
+part is linear; "batch-real": one per slot; "sample": one TenSEAL vector per sample, the slow
+baseline), train_server (True). All are checked against the model before any key is made.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..attacks.base import check_positive_int
+from ..he_channel import PACKINGS, HEChannel, _linear_of, describe_server
+from ..he_ckks import CKKSParams
+from ..protocol import SplitSetup
+from ..records import Capability
+from .base import Defense, register_defense
+
+
+def he_layout(model: torch.nn.Sequential, depth: int, server_layers: int) -> tuple[int, int, int]:
+    """(client depth, first server layer, label-owner layers) for an encrypted server part."""
+    layers = list(model)
+    start = next((i for i in range(depth + 1, len(layers)) if _linear_of(layers[i]) is not None), None)
+    if start is None:
+        raise ValueError(f"he: no linear layer after split depth {depth} for the server to run on ciphertext")
+    tail = len(layers) - start - server_layers
+    if tail < 1:
+        raise ValueError(f"he: the server part would be layers {start}..{start + server_layers - 1} of a "
+                         f"{len(layers)}-layer model, leaving the client no layer to finish the network on "
+                         f"(U-shaped): use a smaller server_layers or an earlier split depth")
+    describe_server(layers[start:start + server_layers], first_index=start)
+    return start - 1, start, tail
+
+
+@register_defense
+class HomomorphicEncryption(Defense):
+    name = "he"
+    removes = frozenset({Capability.SMASHED})
+    paper = "Khan et al. 2023, Split Ways / Split Without a Leak (U-shaped SL on CKKS-encrypted activations)"
+
+    def __init__(self, poly_modulus_degree: int = 8192, coeff_mod_bit_sizes: Any = (60, 40, 40, 60),
+                 scale_bits: int = 40, server_layers: int = 1, packing: str = "batch", train_server: bool = True,
+                 **rest: Any) -> None:
+        super().__init__(**rest)
+        self.ckks = CKKSParams(poly_modulus_degree, tuple(coeff_mod_bit_sizes) if isinstance(
+            coeff_mod_bit_sizes, (list, tuple)) else coeff_mod_bit_sizes, scale_bits)
+        self.server_layers = check_positive_int("server_layers", server_layers)
+        if packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {', '.join(PACKINGS)}; got {packing!r}")
+        if not isinstance(train_server, bool):
+            raise ValueError(f"train_server must be true or false, got {train_server!r}")
+        self.packing, self.train_server = packing, train_server
+        self.channel: HEChannel | None = None
+        self._layout: dict[str, Any] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {"poly_modulus_degree": self.ckks.poly_modulus_degree,
+                "coeff_mod_bit_sizes": list(self.ckks.coeff_mod_bit_sizes), "scale_bits": self.ckks.scale_bits,
+                "server_layers": self.server_layers, "packing": self.packing, "train_server": self.train_server}
+
+    def apply(self, setup: SplitSetup, generator: torch.Generator) -> SplitSetup:
+        sc = setup.scenario
+        if sc.setup == "label-only":
+            raise ValueError("he: in the label-only setup the server owns the inputs, so there are no client "
+                             "activations to encrypt; use the vanilla or u-shaped setup")
+        depth, start, tail = he_layout(setup.model, setup.depth, self.server_layers)
+        server = list(setup.model)[start:start + self.server_layers]
+        # validates packing/CKKS against the server part before any key exists, then makes the keys
+        self.channel = HEChannel(self.ckks, server, self.packing, server_grads=self.train_server)
+        model = setup.model
+        if not self.train_server:  # a frozen server layer: no weight gradient ever goes to the server
+            model = copy.deepcopy(model)
+            for layer in list(model)[start:start + self.server_layers]:
+                for p in layer.parameters():
+                    p.requires_grad_(False)
+        removes = {Capability.SMASHED} | ({Capability.LABELS} if sc.setup == "vanilla" else set())
+        self._layout = {"depth": depth, "he_server_layers": [start, start + self.server_layers - 1],
+                        "he_label_layers": tail, "he_setup": "u-shaped",
+                        "he_samples_per_ciphertext": self.channel.samples_per_ciphertext,
+                        "he_levels": self.channel.plan["depth"],
+                        "he_public_context_bytes": self.channel.public_context_bytes}
+        return setup.replace(scenario=dataclasses.replace(sc, setup="u-shaped", label_layers=tail), depth=depth,
+                             model=model, channel=self.channel, removes=setup.removes | frozenset(removes))
+
+    def report(self) -> dict[str, Any]:
+        out = {"he_packing": self.packing, "he_poly_modulus_degree": self.ckks.poly_modulus_degree,
+               "he_coeff_mod_bit_sizes": list(self.ckks.coeff_mod_bit_sizes), "he_scale_bits": self.ckks.scale_bits,
+               "he_train_server": self.train_server, **self._layout}
+        if self.channel is not None and self.channel.stats.samples:
+            out |= self.channel.stats.as_dict()
+        return out
