@@ -1,0 +1,344 @@
+"""noise, dp-sgd, batching, nopeek: identity at strength zero, clear errors, a measurable effect,
+cost fields, and every defense at a chosen split depth through the matrix CLI."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from arena.defenses import DEFENSES
+from arena.defenses.dp_sgd import make_private
+from arena.defenses.noise import clip_rows
+from arena.defenses.nopeek import distance_correlation
+from arena.matrix import main
+from arena.models import build_model
+from arena.privacy import analytic_gaussian_epsilon, classic_gaussian_epsilon, composed_epsilon
+from arena.protocol import make_setup, train
+from arena.records import Scenario, TrainConfig
+from arena.seeding import seed_everything, torch_generator
+from arena.split import split
+from arena.store import CELLS
+
+CFG = TrainConfig(epochs=1, batch_size=16, record_steps=2, max_steps=5)
+
+
+def _run(data, defense="none", setup="vanilla", cfg=CFG, **params):
+    """One cell's training as the runner does it: same seeds for every defense."""
+    sc = Scenario("digits", "lenet", 1, setup=setup, seed=0, train=cfg)
+    seed_everything(0, "init")
+    base = make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
+    d = DEFENSES.create(defense, **params)
+    defended = d.apply(base, torch_generator(0, "defense"))
+    seed_everything(0, "train")
+    res = train(defended, data, torch_generator(0, "train"))
+    d.after_training(res)
+    return d, defended, res
+
+
+def _fields(res):
+    out = []
+    for w in ("before", "after"):
+        for o in res.transcript.observations(w):
+            out += [o.ids, o.smashed, o.labels, o.cut_grad, o.server_out]
+            out += [g for tg in (o.tail_grads or []) for g in tg.values()]
+    return out
+
+
+@pytest.fixture(scope="module")
+def undefended(tiny_data):
+    return {s: _run(tiny_data, setup=s)[2] for s in ("vanilla", "u-shaped")}
+
+
+@pytest.mark.parametrize("name,params,setup", [
+    ("noise", {"scale": 0.0}, "vanilla"),
+    ("noise", {"scale": 0.0, "distribution": "laplace"}, "vanilla"),
+    ("dp-sgd", {"noise_multiplier": 0.0}, "vanilla"),
+    ("batching", {"b": 1}, "u-shaped"),
+    ("nopeek", {"alpha": 0.0}, "vanilla"),
+])
+def test_strength_zero_reproduces_none_exactly(tiny_data, undefended, name, params, setup):
+    _, _, res = _run(tiny_data, name, setup, **params)
+    ref = undefended[setup]
+    assert res.test_acc == ref.test_acc
+    a, b = _fields(res), _fields(ref)
+    assert len(a) == len(b) and sum(t is not None for t in a) >= 8
+    for x, y in zip(a, b):
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert torch.equal(x, y)
+    assert all(torch.equal(p, q) for p, q in zip(res.model.client.parameters(), ref.model.client.parameters()))
+
+
+@pytest.mark.parametrize("name,params,needle", [
+    ("noise", {"scale": -1}, "scale must be"),
+    ("noise", {"scale": "big"}, "scale must be a number"),
+    ("noise", {"clip": 0}, "clip must be a number > 0"),
+    ("noise", {"distribution": "cauchy"}, "distribution must be one of"),
+    ("noise", {"delta": 1.5}, "delta must be in"),
+    ("noise", {"accountant": "moments"}, "accountant must be one of"),
+    ("dp-sgd", {"noise_multiplier": -0.5}, "noise_multiplier must be"),
+    ("dp-sgd", {"max_grad_norm": 0}, "max_grad_norm must be"),
+    ("dp-sgd", {"poisson": "yes"}, "poisson must be true or false"),
+    ("batching", {"b": 0}, "b must be an integer >= 1"),
+    ("batching", {"b": 2.5}, "b must be an integer"),
+    ("nopeek", {"alpha": float("nan")}, "alpha must be a finite number"),
+    ("nopeek", {"beta": 1}, "unknown parameter"),
+])
+def test_bad_parameters_are_clear_errors(name, params, needle):
+    with pytest.raises(ValueError, match=needle):
+        DEFENSES.create(name, **params)
+
+
+def test_batching_larger_than_the_batch_is_an_error(tiny_data):
+    sc = Scenario("digits", "lenet", 1, setup="u-shaped", train=CFG)
+    setup = make_setup(sc, build_model("lenet", tiny_data.shape, 10), tiny_data.shape)
+    with pytest.raises(ValueError, match="more than the training batch size 16"):
+        DEFENSES.create("batching", b=32).apply(setup, torch_generator(0))
+
+
+@pytest.mark.parametrize("name,params", [("noise", {"scale": 0.5}), ("dp-sgd", {}), ("nopeek", {"alpha": 1.0})])
+def test_client_activation_defenses_refuse_the_label_only_setup(tiny_data, name, params):
+    sc = Scenario("digits", "lenet", 1, setup="label-only", train=CFG)
+    setup = make_setup(sc, build_model("lenet", tiny_data.shape, 10), tiny_data.shape)
+    with pytest.raises(ValueError, match="label-only setup the server owns the inputs"):
+        DEFENSES.create(name, **params).apply(setup, torch_generator(0))
+
+
+# --- noise -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dist,std_factor", [("gaussian", 1.0), ("laplace", math.sqrt(2))])
+def test_noise_has_the_expected_std_and_clips(dist, std_factor):
+    d = DEFENSES.create("noise", scale=0.3, clip=1e9, distribution=dist)
+    a = torch.rand(64, 8, 12, 12)
+    out = d.hook(a, torch_generator(1, "n"))
+    diff = out - a  # no clipping at this bound: the difference is the noise itself
+    assert abs(float(diff.mean())) < 0.01
+    assert float(diff.std()) == pytest.approx(0.3 * std_factor, rel=0.03)
+    # a tight bound: every row ends at norm <= clip (plus the noise), direction kept
+    big = torch.randn(5, 3, 4, 4) * 10
+    p = 2 if dist == "gaussian" else 1
+    clipped = clip_rows(big, 2.0, p)
+    assert torch.allclose(clipped.flatten(1).norm(p=p, dim=1), torch.full((5,), 2.0))
+    assert torch.allclose(F.normalize(clipped.flatten(1)), F.normalize(big.flatten(1)), atol=1e-6)
+    small = big / 1e4
+    assert torch.equal(clip_rows(small, 2.0, p), small)
+
+
+def test_noisy_training_changes_what_the_server_sees(tiny_data, undefended):
+    d, _, res = _run(tiny_data, "noise", scale=0.5, clip=5.0)
+    ref = undefended["vanilla"]
+    o, r = res.transcript.observations("before")[0], ref.transcript.observations("before")[0]
+    assert torch.equal(o.ids, r.ids)  # the noise is drawn after the batch, so the same examples
+    # the first step: identical client weights, so the difference is clipping plus the noise
+    clean = clip_rows(r.smashed, 5.0)
+    assert float((o.smashed - clean).std()) == pytest.approx(0.5, rel=0.05)
+    rep = d.report()
+    assert rep["noise_multiplier"] == 0.1 and rep["releases_per_example"] == 1
+    assert rep["epsilon_release"] == pytest.approx(analytic_gaussian_epsilon(0.1, 1e-5))
+    assert rep["epsilon_exact"] == pytest.approx(rep["epsilon_release"])  # one release per example
+    assert rep["epsilon"] >= rep["epsilon_exact"] * 0.999 and math.isfinite(rep["epsilon_if_subsampled"])
+
+
+def test_analytic_gaussian_matches_opacus_prv_and_known_calibration():
+    # Balle & Wang 2018: σ ≈ 3.73 gives ε = 1 at δ = 1e-5 (the classic bound needs σ ≈ 4.84)
+    assert analytic_gaussian_epsilon(3.73, 1e-5) == pytest.approx(1.0, abs=0.005)
+    assert classic_gaussian_epsilon(4.8448, 1e-5) == pytest.approx(1.0, abs=1e-3)
+    for z in (0.7, 1.0, 2.0):
+        exact = analytic_gaussian_epsilon(z, 1e-5)
+        assert composed_epsilon(z, 1.0, 1, 1e-5, "prv") == pytest.approx(exact, rel=0.02)
+        assert composed_epsilon(z, 1.0, 1, 1e-5, "rdp") >= exact  # RDP is an upper bound
+    assert analytic_gaussian_epsilon(1.0, 1e-5) < analytic_gaussian_epsilon(0.5, 1e-5)
+
+
+def test_laplace_reports_pure_epsilon():
+    d = DEFENSES.create("noise", scale=2.0, clip=10.0, distribution="laplace")
+    rep = d.report()
+    assert rep["epsilon_release"] == 5.0 and rep["delta"] == 0.0
+
+
+# --- dp-sgd ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_dp_sgd_loss_reduction_matches_the_protocol(tiny_data, reduction):
+    """The protocol backpropagates the gradient of the server's *mean* loss into the client. With
+    loss_reduction="mean" Opacus's per-sample gradients are exactly each example's own loss
+    gradient (so max_grad_norm bounds those); with "sum" they are 1/B of it. With noise 0 and a huge
+    clip bound both give the non-private update."""
+    torch.manual_seed(0)
+    sm = split(build_model("lenet", tiny_data.shape, 10), 1)
+    x, y = tiny_data.x_train[:16], tiny_data.y_train[:16]
+
+    def backward(client, xb, yb):
+        a = client(xb)
+        msg = a.detach().requires_grad_(True)
+        F.cross_entropy(sm.server(msg), yb).backward()
+        (a * msg.grad).sum().backward()  # exactly the protocol's client backward
+
+    ref = copy.deepcopy(sm.client)
+    backward(ref, x, y)
+    own = []  # each example's own loss gradient, one example at a time
+    for i in (0, 7):
+        single = copy.deepcopy(sm.client)
+        backward(single, x[i:i + 1], y[i:i + 1])
+        own.append([p.grad for p in single.parameters()])
+    client = copy.deepcopy(sm.client)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(64)), batch_size=16)
+    opt = torch.optim.SGD(client.parameters(), lr=1.0)
+    module, opt, _, _ = make_private(client, opt, loader, noise_multiplier=0.0, max_grad_norm=1e9,
+                                     poisson=False, loss_reduction=reduction)
+    before = [p.detach().clone() for p in client.parameters()]
+    backward(module, x, y)
+    scale = 1.0 if reduction == "mean" else 1.0 / 16
+    for k, i in enumerate((0, 7)):
+        for p, g in zip(client.parameters(), own[k]):
+            torch.testing.assert_close(p.grad_sample[i], g * scale, rtol=1e-4, atol=1e-7)
+    opt.step()
+    for r, b, p in zip(ref.parameters(), before, client.parameters()):
+        torch.testing.assert_close(b - p.detach(), r.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_dp_sgd_reports_finite_epsilon_that_falls_with_noise(tiny_data, undefended):
+    eps = {}
+    for nm in (0.7, 2.0):
+        d, _, res = _run(tiny_data, "dp-sgd", noise_multiplier=nm, max_grad_norm=1.0)
+        rep = d.report()
+        eps[nm] = rep["epsilon"]
+        assert math.isfinite(rep["epsilon"]) and rep["epsilon"] > 0
+        assert rep["dp_steps"] == res.cost["train_steps"] == 5 and rep["sample_rate"] == 1 / 38  # 1/⌈600/16⌉
+        # the accountant agrees with an independent composition of the same steps
+        assert rep["epsilon"] == pytest.approx(composed_epsilon(nm, 1 / 38, 5, 1e-5), rel=1e-6)
+        # the trained client is a plain module again and differs from the undefended one
+        assert not any(hasattr(p, "grad_sample") for p in res.model.client.parameters())
+        assert not all(torch.equal(p, q) for p, q in
+                       zip(res.model.client.parameters(), undefended["vanilla"].model.client.parameters()))
+        copy.deepcopy(res.model.client)  # what the runner does for the view
+    assert eps[2.0] < eps[0.7]
+    assert DEFENSES.create("dp-sgd", noise_multiplier=0).report()["epsilon"] == math.inf
+
+
+def test_dp_sgd_fixes_incompatible_layers_in_place():
+    client = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    opt = torch.optim.Adam(client.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(32)), batch_size=8)
+    _, opt, _, _ = make_private(client, opt, loader, noise_multiplier=1.0, max_grad_norm=1.0)
+    assert isinstance(client[1], torch.nn.GroupNorm)  # the caller's module itself was fixed
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in client.parameters()}
+
+
+# --- batching --------------------------------------------------------------------------------
+
+def test_batching_groups_tail_gradients_and_leaves_training_alone(tiny_data, undefended):
+    d, defended, res = _run(tiny_data, "batching", "u-shaped", b=4)
+    ref = undefended["u-shaped"]
+    assert defended.label_batch == 4 and d.report() == {"label_batch": 4, "tail_grads_per_step": 4}
+    assert res.test_acc == ref.test_acc  # the label owner's update is the batch mean either way
+    o, r = res.transcript.observations("after")[0], ref.transcript.observations("after")[0]
+    assert torch.equal(o.cut_grad, r.cut_grad)  # still per example: what Li et al. exploit
+    assert len(r.tail_grads) == 16 and len(o.tail_grads) == 4
+    for k, group in enumerate(o.tail_grads):
+        for name, g in group.items():
+            mean = torch.stack([r.tail_grads[4 * k + i][name] for i in range(4)]).mean(0)
+            torch.testing.assert_close(g, mean, rtol=1e-5, atol=1e-7)
+
+
+# --- nopeek ----------------------------------------------------------------------------------
+
+def _dcor_reference(x, y):
+    """Székely et al.'s definition, written out with numpy loops (an independent oracle)."""
+    import numpy as np
+
+    x, y = x.reshape(len(x), -1).astype(np.float64), y.reshape(len(y), -1).astype(np.float64)
+    n = len(x)
+
+    def centred(z):
+        d = np.array([[np.linalg.norm(z[i] - z[j]) for j in range(n)] for i in range(n)])
+        return d - d.mean(axis=0) - d.mean(axis=1)[:, None] + d.mean()
+
+    a, b = centred(x), centred(y)
+    return math.sqrt((a * b).mean() / math.sqrt((a * a).mean() * (b * b).mean()))
+
+
+def test_distance_correlation_against_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 3, 4, generator=g)
+    y = x.flatten(1)[:, :5] ** 2 + 0.5 * torch.randn(20, 5, generator=g)
+    assert float(distance_correlation(x, y)) == pytest.approx(_dcor_reference(x.numpy(), y.numpy()), rel=1e-5)
+    assert float(distance_correlation(x, 3 * x + 1)) == pytest.approx(1.0, abs=1e-5)
+    indep = distance_correlation(torch.randn(400, 2, generator=g), torch.randn(400, 2, generator=g))
+    assert float(indep) < 0.15
+
+
+def test_nopeek_lowers_distance_correlation(tiny_data, undefended):
+    cfg = TrainConfig(epochs=1, batch_size=32, record_steps=2, max_steps=15)
+    ref = _run(tiny_data, "none", cfg=cfg)[2]
+    d, _, res = _run(tiny_data, "nopeek", cfg=cfg, alpha=1.0)
+    x = tiny_data.x_test[:100]
+    with torch.no_grad():
+        plain, peek = distance_correlation(x, ref.model.client(x)), distance_correlation(x, res.model.client(x))
+    # 15 Adam steps at lr 1e-3 move dCor from ≈0.99 to ≈0.94 on this setup
+    assert float(peek) < float(plain) - 0.02, (float(peek), float(plain))
+    rep = d.report()
+    assert rep["alpha"] == 1.0 and 0 <= rep["dcor_sent"] < float(plain)
+
+
+# --- through the matrix, at a chosen depth ------------------------------------------------------
+
+TOML = """
+[experiment]
+datasets = ["digits"]
+depths = [1, 4]
+seeds = [0]
+n_train = 120
+n_test = 60
+n_aux = 50
+
+[train]
+epochs = 1
+batch_size = 16
+record_steps = 1
+max_steps = 3
+
+[[attacks]]
+name = "mean-image"
+
+[[defenses]]
+name = "noise"
+params = { scale = 0.5, clip = 5.0 }
+
+[[defenses]]
+name = "dp-sgd"
+params = { noise_multiplier = 1.0 }
+
+[[defenses]]
+name = "batching"
+params = { b = 4 }
+setup = "u-shaped"
+
+[[defenses]]
+name = "nopeek"
+params = { alpha = 1.0 }
+"""
+
+COST = {"noise": {"epsilon", "epsilon_release", "noise_multiplier", "delta"},
+        "dp-sgd": {"epsilon", "delta", "noise_multiplier", "max_grad_norm", "dp_steps"},
+        "batching": {"label_batch"}, "nopeek": {"alpha", "dcor_sent"}}
+
+
+def test_every_defense_runs_in_the_matrix_at_two_depths(tmp_path):
+    spec = tmp_path / "d.toml"
+    spec.write_text(TOML)
+    out = tmp_path / "run"
+    assert main(["-e", str(spec), "--out", str(out), "-q"]) == 0
+    cells = [json.loads(line) for line in (out / CELLS).read_text().splitlines()]
+    assert len(cells) == 8
+    for c in cells:
+        assert c["status"] == "ok", c["error"]
+        assert COST[c["defense"]] <= set(c["cost"]), (c["defense"], sorted(c["cost"]))
+        assert c["cost"]["depth"] == c["depth"] and c["cost"]["train_steps"] == 3
+        assert {"mse", "ssim"} <= set(c["metrics"])
+    eps = {c["depth"]: c["cost"]["epsilon"] for c in cells if c["defense"] == "dp-sgd"}
+    assert math.isfinite(eps[1]) and eps[1] == eps[4]  # ε depends on steps and noise, not on depth
