@@ -143,7 +143,8 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
         model = build_model(sc.model, data.shape, data.num_classes)
         setup = make_setup(sc, model, data.shape)
         defense: Defense = DEFENSES.create(first.defense.name, **first.defense.kwargs)
-        defended = defense.apply(setup, torch_generator(sc.seed, "defense", first.defense.name))
+        defended = defense.apply(setup, torch_generator(sc.seed, "defense", first.defense.name)) \
+            if sc.setup in defense.setups else setup
     except Exception as e:  # noqa: BLE001 - a failing cell is recorded, the run goes on
         for s in specs:
             yield _cell(s, "error", error=_err(e), wall_s=time.perf_counter() - t0)
@@ -152,7 +153,10 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     runnable = []
     for s, a in zip(specs, attacks):
         missing = a.requires - caps
-        if missing:
+        if sc.setup not in defense.setups:
+            yield _cell(s, "blocked", reason=f"defense {defense.name} applies to the {' and '.join(defense.setups)} "
+                                             f"setup(s) only; {a.name} runs in {sc.setup}")
+        elif missing:
             why = (f"{a.name} requires {', '.join(sorted(c.value for c in missing))}, which "
                    f"{'defense ' + s.defense.name + ' removes' if missing & defended.removes else 'setup ' + sc.setup + ' does not grant'}")
             yield _cell(s, "blocked", reason=why, cost=defense.report())
@@ -235,7 +239,22 @@ def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, dev
         server_part=sm.server if setup.scenario.setup != "label-only" else torch.nn.Sequential(*sm.client, *sm.server),
         server_part_before=result.server_before, aux=(data.x_aux, data.y_aux), trained_client=sm.client,
         device=device, **_threat_extras(attack, granted, result, data),
+        query_transform=_client_transform(setup),
     )
+
+
+def _client_transform(setup) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The defended client's activation transform (smash hooks), for answering queries honestly."""
+    if not setup.smash_hooks:
+        return None
+    gen = torch_generator(setup.scenario.seed, "query-noise")
+
+    def transform(a: torch.Tensor) -> torch.Tensor:
+        for hook in setup.smash_hooks:
+            a = hook(a, gen)
+        return a
+
+    return transform
 
 
 def _threat_extras(attack: Attack, granted: frozenset[Capability], result: TrainResult, data: Data) -> dict[str, Any]:

@@ -94,7 +94,8 @@ def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transc
                server_part: nn.Module, server_part_before: nn.Module,
                aux: tuple[torch.Tensor, torch.Tensor] | None, trained_client: nn.Module,
                device: str = "cpu", train_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-               known_labels: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> ServerView:
+               known_labels: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+               query_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ServerView:
     """The scorer-side constructor: copies what the attack may see and drops everything else."""
     client = copy.deepcopy(trained_client).eval()
     for p in client.parameters():
@@ -102,7 +103,9 @@ def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transc
 
     def query(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return client(x.to(next(client.parameters()).device)).detach()
+            out = client(x.to(next(client.parameters()).device))
+            # a query gets what the client really sends: its defense's transform (e.g. noise) included
+            return (query_transform(out) if query_transform is not None else out).detach()
 
     return ServerView(
         setup=setup, capabilities=granted, input_shape=tuple(input_shape), num_classes=num_classes,

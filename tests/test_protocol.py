@@ -120,3 +120,52 @@ def test_least_privilege_and_whitebox_grant(tiny_data):
     assert view.client_weights is not None
     for p, q in zip(view.client_weights.parameters(), res.model.client.parameters()):
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()  # a copy, never the client's own
+
+
+class _Querier(Attack):
+    name = "test-querier"
+    requires = frozenset({Capability.QUERY})
+
+
+def test_query_answers_go_through_the_defended_client(tiny_data):
+    from arena.defenses import DEFENSES
+
+    sc = Scenario("digits", "lenet", 1, setup="vanilla", seed=0, train=CFG)
+    seed_everything(0, "init")
+    setup = make_setup(sc, build_model("lenet", tiny_data.shape, 10), tiny_data.shape)
+    x = tiny_data.x_test[:8]
+    for scale, same in ((0.0, True), (1.0, False)):
+        defended = DEFENSES.create("noise", scale=scale).apply(setup, torch_generator(0, "d"))
+        res = train(defended, tiny_data, torch_generator(0, "t"))
+        view = make_view(_Querier(), defended, res, tiny_data, "cpu")
+        with torch.no_grad():
+            clean = res.model.client(x)
+        assert torch.equal(view.query(x), clean) is same
+
+
+def test_defense_outside_its_setups_is_blocked_up_front(tmp_path):
+    from arena.matrix import main
+    from arena.store import read_cells
+
+    spec = tmp_path / "t.toml"
+    spec.write_text("""
+[experiment]
+datasets = ["digits"]
+depths = [1]
+n_train = 200
+n_test = 50
+n_aux = 50
+[train]
+epochs = 1
+batch_size = 32
+record_steps = 1
+[[attacks]]
+name = "mean-image"
+setup = "label-only"
+[[defenses]]
+name = "noise"
+params = { scale = 0.5 }
+""")
+    assert main(["-e", str(spec), "--out", str(tmp_path / "r"), "-q", "--no-report"]) == 0
+    (cell,) = read_cells(tmp_path / "r")
+    assert cell.status == "blocked" and "applies to the vanilla and u-shaped setup(s) only" in cell.reason

@@ -12,13 +12,15 @@ from typing import Any, ClassVar
 import torch
 
 from ..protocol import SplitSetup
-from ..records import Capability
+from ..records import SETUPS, Capability
 from ..registry import Registry
 
 
 class Defense:
     name: ClassVar[str] = "abstract"
     removes: ClassVar[frozenset[Capability]] = frozenset()
+    # The setups this defense means something in; a cell of another setup is `blocked` up front.
+    setups: ClassVar[tuple[str, ...]] = SETUPS
     paper: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:

@@ -97,6 +97,7 @@ def make_private(client: nn.Module, optimizer: torch.optim.Optimizer, loader, *,
 @register_defense
 class DPSGD(Defense):
     name = "dp-sgd"
+    setups = ("vanilla", "u-shaped")
     paper = "Abadi et al. 2016 (DP-SGD); Opacus (Yousefpour et al. 2021)"
 
     def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,

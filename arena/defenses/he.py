@@ -68,6 +68,7 @@ def he_layout(model: torch.nn.Sequential, depth: int, server_layers: int) -> tup
 @register_defense
 class HomomorphicEncryption(Defense):
     name = "he"
+    setups = ("vanilla", "u-shaped")
     removes = frozenset({Capability.SMASHED})
     paper = "Khan et al. 2023, Split Ways / Split Without a Leak (U-shaped SL on CKKS-encrypted activations)"
 

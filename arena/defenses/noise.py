@@ -106,6 +106,7 @@ def draw_noise(shape: torch.Size, distribution: str, scale: float, gen: torch.Ge
 @register_defense
 class Noise(Defense):
     name = "noise"
+    setups = ("vanilla", "u-shaped")
     paper = "He et al. 2020 (IoTJ) noise on the split output; Titcombe et al. 2021; Balle & Wang 2018"
 
     def __init__(self, scale: float = 0.5, clip: float = 30.0, distribution: str = "gaussian",
