@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install data matrix test bench
+.PHONY: install install-run data matrix test
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-install: $(BIN)/python
+# torch first and pinned: the CPU wheel of exactly 2.13.0 (an unpinned torch pulls CUDA packages)
+install-run: $(BIN)/python
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dp,he,plot]"
+
+install: install-run
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[all]"
 
 # Fashion-MNIST for the default experiment: Debian's package, unless ARENA_DATA or the file is there.
@@ -20,7 +24,7 @@ data:
 	@if [ -n "$$ARENA_DATA" ] || [ -f $(FMNIST) ]; then echo "fashion-mnist: found"; else \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; fi
 
-matrix: install data
+matrix: install-run data
 	$(BIN)/python -m arena.matrix $(ARGS)
 
 test: install

@@ -77,6 +77,7 @@ class Experiment:
     n_test: int | None = 1000
     n_aux: int = 1000
     label_layers: int = 1
+    workers: int | None = None  # default local worker processes (--workers overrides)
     train: TrainConfig = field(default_factory=TrainConfig)
     attacks: tuple[Entry, ...] = ()
     defenses: tuple[Entry, ...] = (Entry("none"),)

@@ -174,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         print(list_everything())
         return 0
     try:
-        executor, workers, threads = _execution(a)
         exp = apply_overrides(load_experiment(resolve_experiment(a.experiment)), a)
+        if a.workers is None and a.executor is None and exp.workers:
+            a.workers = exp.workers  # the experiment's default parallelism; the command line wins
+        executor, workers, threads = _execution(a)
         if not exp.attacks:
             raise SpecError("no attacks selected: add [[attacks]] to the experiment or pass --attacks")
         DATASETS.check(exp.datasets)
