@@ -89,3 +89,6 @@ def build_model(name: str, in_shape: tuple[int, int, int], num_classes: int) -> 
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model {name!r} must be an nn.Sequential layer list, got {type(model).__name__}")
     return model
+
+
+from . import models_resnet  # noqa: E402,F401  (registers "fsha-resnet")

@@ -1,0 +1,139 @@
+"""FSHA: server networks fit every split depth, the attack beats the chance line on a tiny digits
+run, its policy drives only its own training run, and its public data never meets the private set."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arena.attacks import ATTACKS, PolicyContext
+from arena.attacks import fsha_nets as nets
+from arena.attacks.fsha import FSHA, FSHAPolicy
+from arena.config import experiment_from_dict
+from arena.models import build_model
+from arena.runner import GroupContext, groups, plan, run_group
+from arena.seeding import torch_generator
+from arena.split import split, valid_depths
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # two shared cores: a second OpenMP thread only spins against the other processes
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _arch(name, shape, depth):
+    return lambda: split(build_model(name, shape, 10), depth).client
+
+
+@pytest.mark.parametrize("name,shape,depths", [
+    ("lenet", (1, 28, 28), None),
+    ("cifar-cnn", (3, 32, 32), [0, 4, 9, 14, 15]),
+    ("fsha-resnet", (1, 28, 28), None),
+])
+def test_pilot_decoder_and_critic_fit_every_depth(name, shape, depths):
+    for d in depths or valid_depths(build_model(name, shape, 10)):
+        arch = _arch(name, shape, d)
+        act = nets.activation_shape(arch, shape)
+        x = torch.rand(2, *shape)
+        for pilot in (arch(), nets.paper_pilot(shape, act)):
+            z = pilot(x)
+            assert tuple(z.shape[1:]) == act, (name, d)
+        with torch.no_grad():
+            rec = nets.decoder(act, shape)(z)
+        assert rec.shape == x.shape and 0 <= float(rec.min()) and float(rec.max()) <= 1, (name, d)
+        assert nets.discriminator(act)(z).shape == (2, 1)
+
+
+def test_fsha_resnet_is_the_papers_client_and_splits_exactly():
+    model = build_model("fsha-resnet", (1, 28, 28), 10).double()
+    assert len(model) == 7
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    assert split(model, 4).client(x).shape == (3, 256, 4, 4)  # the paper's split: 4×4×256
+    ref = model(x)
+    for d in valid_depths(model):
+        sm = split(model, d)
+        torch.testing.assert_close(sm.server(sm.client(x)), ref, rtol=0, atol=1e-12)
+
+
+TINY = {
+    "experiment": {"datasets": ["digits"], "depths": [2], "seeds": [0], "n_train": 600, "n_test": 200,
+                   "n_aux": 200},
+    "train": {"epochs": 5, "batch_size": 32, "record_steps": 2},
+    "attacks": [{"name": "mean-image"}, {"name": "fsha", "params": {"checkpoints": 4}}],
+    "defenses": [{"name": "none"}],
+}
+
+
+def test_fsha_beats_the_mean_image_and_its_policy_only_drives_its_own_run(monkeypatch):
+    calls = []
+    real_step = FSHAPolicy.step
+
+    def spy(self, smashed, labels, step):
+        calls.append(step)
+        return real_step(self, smashed, labels, step)
+
+    monkeypatch.setattr(FSHAPolicy, "step", spy)
+    specs = plan(experiment_from_dict(TINY))
+    gs = groups(specs)
+    assert sorted(len(g) for g in gs) == [1, 1]  # fsha trains alone; mean-image on the honest run
+    cells = {}
+    for g in gs:
+        before = len(calls)
+        for c in run_group(g, GroupContext()):
+            cells[c.attack] = c
+        if g[0].attack.name != "fsha":
+            assert len(calls) == before, "an honest training run called the malicious policy"
+    fsha, base = cells["fsha"], cells["mean-image"]
+    assert fsha.status == "ok" and base.status == "ok", (fsha.error, base.error)
+    assert calls == list(range(95))  # one call per step of fsha's own training run
+    assert fsha.metrics["mse"] < 0.5 * base.metrics["mse"], (fsha.metrics, base.metrics)
+    assert fsha.metrics["ssim"] > base.metrics["ssim"] + 0.3
+    curve = sorted((int(k[4:]), v) for k, v in fsha.metrics.items() if k.startswith("mse@"))
+    assert [s for s, _ in curve] == [0, 24, 48, 71, 94]
+    assert curve[-1][1] < 0.5 * curve[0][1]  # the hijack converges over training
+    # task damage: the server never trained the task, the client is left with a chance-level model
+    assert fsha.utility["test_acc"] < 0.3 < 0.6 < base.utility["test_acc"]
+
+
+def _ctx(data, depth=2, **kw):
+    return PolicyContext(input_shape=data.shape, num_classes=data.num_classes,
+                         client_arch=_arch("lenet", data.shape, depth), aux=(data.x_aux, data.y_aux),
+                         generator=torch_generator(0, "t"), device="cpu", total_steps=kw.pop("steps", 50))
+
+
+def test_public_and_private_sets_never_overlap(tiny_data):
+    attack = ATTACKS.create("fsha", missing_classes=[3, 7])
+    policy = attack.server_policy(_ctx(tiny_data))
+    private = {row.numpy().tobytes() for row in tiny_data.x_train}
+    assert len(policy.x_pub) > 0
+    assert not any(row.numpy().tobytes() in private for row in policy.x_pub.cpu())
+    assert not torch.isin(policy.y_pub, torch.tensor([3, 7])).any()
+    assert set(policy.y_pub.tolist()) == set(range(10)) - {3, 7}
+    assert policy.record_steps == tuple(sorted({0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 49}))
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"lr_tilde": 0}, "lr_tilde"), ({"lr_d": -1}, "lr_d"), ({"gp_weight": float("nan")}, "gp_weight"),
+    ({"pilot": "mirror"}, "pilot"), ({"public": "imagenet"}, "public"), ({"n_public": 0}, "n_public"),
+    ({"missing_classes": [-1]}, "missing_classes"), ({"missing_classes": [1, 1]}, "duplicates"),
+    ({"checkpoints": -1}, "checkpoints"), ({"curve_steps": ["a"]}, "curve_steps"), ({"window": "mid"}, "window"),
+    ({"lr": 1e-3}, "unknown parameter"),
+])
+def test_bad_parameters_raise(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        ATTACKS.create("fsha", **kw)
+
+
+def test_bad_classes_are_caught_when_the_policy_is_built(tiny_data):
+    with pytest.raises(ValueError, match="not classes of this dataset"):
+        ATTACKS.create("fsha", missing_classes=[10]).server_policy(_ctx(tiny_data))
+    with pytest.raises(ValueError, match="no public data"):
+        ATTACKS.create("fsha", missing_classes=list(range(10))).server_policy(_ctx(tiny_data))
+
+
+def test_run_needs_the_policy():
+    with pytest.raises(RuntimeError, match="server_policy"):
+        FSHA().run(None, torch.Generator())

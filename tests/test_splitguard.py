@@ -1,0 +1,140 @@
+"""SplitGuard: identity at strength zero, no alarm against an honest server, catches FSHA and stops
+training, never learns from a fake batch, and the score behaves as the paper's formula says."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arena.attacks import ATTACKS, PolicyContext
+from arena.defenses import DEFENSES
+from arena.defenses.splitguard import _Running, splitguard_score
+from arena.models import build_model
+from arena.protocol import make_setup, total_steps, train
+from arena.records import Scenario, TrainConfig
+from arena.runner import load_data
+from arena.seeding import seed_everything, torch_generator
+from arena.split import split
+
+CFG = TrainConfig(epochs=5, batch_size=32, record_steps=2)  # 95 steps on 600 digits
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _setup(data, seed=0, depth=2, cfg=CFG, setup="vanilla"):
+    sc = Scenario("digits", "lenet", depth, setup=setup, seed=seed, train=cfg)
+    seed_everything(seed, "init")
+    return make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
+
+
+def _guarded(data, seed=0, **kw):
+    d = DEFENSES.create("splitguard", **kw)
+    return d, d.apply(_setup(data, seed), torch_generator(seed, "defense"))
+
+
+def test_strength_zero_is_the_plain_protocol(tiny_data):
+    cfg = TrainConfig(epochs=1, batch_size=32, record_steps=2)
+    plain = _setup(tiny_data, cfg=cfg)
+    d = DEFENSES.create("splitguard", p_fake=0)
+    guarded = d.apply(plain, torch_generator(0, "defense"))
+    assert guarded is plain and d.report()["sg_fake_batches"] == 0
+    a = train(plain, tiny_data, torch_generator(0, "t"))
+    b = train(guarded, tiny_data, torch_generator(0, "t"))
+    assert a.test_acc == b.test_acc
+    for w in ("before", "after"):
+        for oa, ob in zip(a.transcript.observations(w), b.transcript.observations(w), strict=True):
+            assert torch.equal(oa.smashed, ob.smashed) and torch.equal(oa.labels, ob.labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_alarm_against_an_honest_server(tiny_data_seeded, seed):
+    data = tiny_data_seeded(seed)
+    d, setup = _guarded(data, seed)
+    res = train(setup, data, torch_generator(seed, "t"))
+    r = d.report()
+    assert r["sg_fake_batches"] >= 3 and r["sg_scores"] >= 3, r
+    assert r["sg_alarm"] == 0 and r["sg_detected_at"] is None, r
+    assert res.cost["train_steps"] == 95 and res.test_acc > 0.6
+    assert r["sg_score_mean"] > 0.9
+
+
+@pytest.fixture
+def tiny_data_seeded():
+    cache = {}
+
+    def get(seed):
+        if seed not in cache:
+            cache[seed] = load_data(Scenario("digits", "lenet", 2, seed=seed, n_train=600, n_test=200),
+                                    n_aux=200, data_dir=None)
+        return cache[seed]
+
+    return get
+
+
+def test_detects_fsha_and_stops_training(tiny_data):
+    d, setup = _guarded(tiny_data)
+    attack = ATTACKS.create("fsha")
+    gen = torch_generator(0, "t")
+    policy = attack.server_policy(PolicyContext(
+        input_shape=tiny_data.shape, num_classes=10, client_arch=lambda: split(build_model(
+            "lenet", tiny_data.shape, 10), 2).client, aux=(tiny_data.x_aux, tiny_data.y_aux),
+        generator=gen, device="cpu", total_steps=total_steps(600, CFG)))
+    res = train(setup, tiny_data, gen, policy=policy)
+    r = d.report()
+    assert r["sg_alarm"] == 1 and r["sg_detected_at"] is not None, r
+    assert res.cost["train_steps"] == r["sg_detected_at"] + 1 < 95  # stopped right after the alarm
+    after = res.transcript.observations("after")
+    assert [o.step for o in after] == [r["sg_detected_at"] - 1, r["sg_detected_at"]]
+    assert all(int(i) in res.truth.x for o in after for i in o.ids)
+
+
+def test_fake_batches_never_update_the_client(tiny_data):
+    cfg = TrainConfig(epochs=1, batch_size=32, record_steps=2, max_steps=8)
+    d = DEFENSES.create("splitguard", p_fake=1.0, start=0)
+    setup = d.apply(_setup(tiny_data, cfg=cfg), torch_generator(0, "defense"))
+    res = train(setup, tiny_data, torch_generator(0, "t"))
+    init = split(setup.model, setup.depth)
+    for p, q in zip(res.model.client.parameters(), init.client.parameters()):
+        assert torch.equal(p.cpu(), q)  # every batch was fake: the client never moved
+    assert not all(torch.equal(p.cpu(), q) for p, q in zip(res.model.server.parameters(), init.server.parameters()))
+    for o in res.transcript.observations("before"):
+        assert (o.labels != res.truth.labels(o.ids)).all()  # every label the server saw was wrong
+    assert d.report()["sg_fake_batches"] == 8
+
+
+def _run(vectors):
+    r = _Running()
+    for v in vectors:
+        r.add(torch.as_tensor(v, dtype=torch.float64))
+    return r
+
+
+def test_score_follows_the_papers_formula():
+    same = _run([[1.0, 0.0]])
+    assert splitguard_score(same, _run([[1.0, 0.0]]), _run([[1.0, 0.0]])) == pytest.approx(0.25)  # S = 0
+    # fake gradients larger and orthogonal, regular halves alike: S = π/2 → SG = sigmoid(5π/2)²
+    honest = splitguard_score(_run([[0.0, 3.0]]), _run([[1.0, 0.0]]), _run([[1.0, 0.0]]))
+    assert honest == pytest.approx((1 / (1 + torch.exp(torch.tensor(-5 * torch.pi / 2)).item())) ** 2)
+    # the regular halves disagree more than fake vs regular: S < 0, score below 0.25
+    assert splitguard_score(_run([[1.5, 0.5]]), _run([[2.0, 2.0]]), _run([[1.0, -1.0]])) < 0.2
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"p_fake": 1.5}, "p_fake"), ({"p_fake": -0.1}, "p_fake"), ({"threshold": 2}, "threshold"),
+    ({"window": 0}, "window"), ({"start": -1}, "start"), ({"reference": "global"}, "reference"),
+    ({"action": "warn"}, "action"), ({"alpha": 0}, "alpha"), ({"decision": "any"}, "decision"),
+    ({"fake": 0.1}, "unknown parameter"),
+])
+def test_bad_parameters_raise(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        DEFENSES.create("splitguard", **kw)
+
+
+def test_needs_the_vanilla_setup(tiny_data):
+    with pytest.raises(ValueError, match="vanilla"):
+        DEFENSES.create("splitguard").apply(_setup(tiny_data, setup="u-shaped"), torch_generator(0, "d"))
