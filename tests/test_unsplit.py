@@ -23,6 +23,15 @@ from arena.view import CapabilityError
 CFG = TrainConfig(epochs=3, batch_size=32, record_steps=1)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest, and on shared cores two threads spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _train(data, setup_name, label_layers=1, label_batch=1):
     sc = Scenario("digits", "lenet", 1, setup=setup_name, seed=0, label_layers=label_layers, train=CFG)
     seed_everything(0, "init")

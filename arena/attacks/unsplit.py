@@ -116,25 +116,87 @@ def _without_onednn(device: torch.device):
         torch.backends.mkldnn.enabled = before
 
 
-def _leaky_relu_gradients(clone: nn.Module, slope: float) -> list:
-    """Forward hooks giving every ReLU of the clone a gradient of ``slope`` below zero.
+class _LeakyGradReLU(torch.autograd.Function):
+    """ReLU forward; backward lets ``slope`` of the gradient through below zero (see relu_slope)."""
 
-    The forward values are unchanged (the added term is zero), so the objective is the paper's; only
-    the descent direction differs where a unit is off. Without it a clone unit that goes off on every
-    target never comes back (a dead ReLU), and its share of the smashed data is never fitted.
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, slope: float) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        ctx.slope = slope
+        return z.clamp_min(0.0)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (z,) = ctx.saved_tensors
+        return torch.ops.aten.leaky_relu_backward(g, z, ctx.slope, False), None
+
+
+class _LeakyReLU(nn.Module):
+    def __init__(self, slope: float) -> None:
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return _LeakyGradReLU.apply(z, self.slope)
+
+
+@contextlib.contextmanager
+def _leaky_relu_gradients(clone: nn.Module, slope: float):
+    """Swap the clone's ReLUs for ones whose gradient below zero is ``slope`` (values unchanged), then back.
+
+    The forward values are the same, so the objective is the paper's; only the descent direction
+    differs where a unit is off. Without it a clone unit that goes off on every target never comes
+    back (a dead ReLU), and its share of the smashed data is never fitted.
     """
-    if slope <= 0:
-        return []
+    swapped = []
+    if slope > 0:
+        for parent in list(clone.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.ReLU):
+                    setattr(parent, name, _LeakyReLU(slope))
+                    swapped.append((parent, name, child))
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-        neg = inputs[0].clamp_max(0.0)
-        return out + slope * (neg - neg.detach())
 
-    return [m.register_forward_hook(hook) for m in clone.modules() if isinstance(m, nn.ReLU) and not m.inplace]
+class _ConvInputGrad(torch.autograd.Function):
+    """conv2d (stride 1, no dilation or groups) whose backward returns only the input gradient,
+    computed as a 'full' convolution with the flipped kernel: on CPU ~4× faster than autograd's
+    conv backward for one-channel inputs. Used by the input steps, where the clone is frozen."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: tuple[int, int]):
+        ctx.save_for_backward(w)
+        ctx.pad = pad
+        return F.conv2d(x, w, b, padding=pad)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (w,) = ctx.saved_tensors
+        pad = (w.shape[2] - 1 - ctx.pad[0], w.shape[3] - 1 - ctx.pad[1])
+        return F.conv2d(g, w.flip(2, 3).transpose(0, 1), padding=pad), None, None, None
+
+
+def _input_forward(clone: nn.Module):
+    """clone(x) for the input steps, with the fast input gradient when the first layer allows it."""
+    layers = list(clone.children()) if isinstance(clone, nn.Sequential) else []
+    first = layers[0] if layers else None
+    if not (isinstance(first, nn.Conv2d) and first.stride == (1, 1) and first.dilation == (1, 1)
+            and first.groups == 1 and first.padding_mode == "zeros" and isinstance(first.padding, tuple)
+            and all(p < k for p, k in zip(first.padding, first.kernel_size))):
+        return clone
+    rest = nn.Sequential(*layers[1:])
+    return lambda x: rest(_ConvInputGrad.apply(x, first.weight, first.bias, first.padding))
 
 
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, amsgrad=True)
+    try:  # the fused kernel halves the optimiser's share of a step on CPU
+        return torch.optim.Adam(params, lr=lr, amsgrad=True, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, amsgrad=True)
 
 
 def invert(clone: nn.Module, smashed: torch.Tensor, input_shape: tuple[int, ...], cfg: InversionConfig,
@@ -150,12 +212,8 @@ def invert(clone: nn.Module, smashed: torch.Tensor, input_shape: tuple[int, ...]
     params = [p for p in clone.parameters()]
     opt_x, opt_c = _adam([x], cfg.lr), (_adam(params, cfg.lr) if params else None)
     clone.train()
-    hooks = _leaky_relu_gradients(clone, cfg.relu_slope)
-    try:
+    with _leaky_relu_gradients(clone, cfg.relu_slope):
         rounds_run = _alternate(clone, x, target, params, opt_x, opt_c, cfg)
-    finally:
-        for h in hooks:
-            h.remove()
     with torch.no_grad():
         fit_loss = float(F.mse_loss(clone(x.detach()), target))
     raw = x.detach()
@@ -169,12 +227,13 @@ def _alternate(clone: nn.Module, x: torch.Tensor, target: torch.Tensor, params: 
     history: list[float] = []
     fit = torch.zeros((), device=target.device)
     rounds_run = 0
+    forward = _input_forward(clone)
     for r in range(cfg.rounds):
         for p in params:  # input steps: no parameter gradients at all
             p.requires_grad_(False)
         with _without_onednn(x.device):
             for _ in range(cfg.input_steps):
-                loss = (F.mse_loss(clone(x), target) + cfg.lambda_tv * total_variation(x)
+                loss = (F.mse_loss(forward(x), target) + cfg.lambda_tv * total_variation(x)
                         + cfg.lambda_l2 * x.square().mean())
                 opt_x.zero_grad(set_to_none=True)
                 loss.backward()
