@@ -2,15 +2,15 @@
 
 Registered as ``fsha-resnet``. Layer indices (split depth k = the client runs layers 0..k):
 
-    0 stem: Conv(c→64, 3, stride 2) · BatchNorm · ReLU
+    0 stem: Conv(c→64, 3) · BatchNorm · ReLU · MaxPool2
     1 ResBlock(64)            2 ResBlock(64→128, stride 2)
     3 ResBlock(128)           4 ResBlock(128→256, stride 2)
     5 global average pool     6 Linear(256→classes)
 
 Depth 4 is the paper's split "at the 4th residual block": a 256×4×4 activation for 28×28 inputs
-(the authors resize MNIST to 32×32, which gives the same 4×4). The residual blocks follow the
-authors' public code: pre-activation ReLU→conv→ReLU→conv plus a (strided) convolutional shortcut
-when the shape changes, no batch norm inside the blocks. The authors' code only uses the client
+(the authors resize MNIST to 32×32, which gives the same 4×4). Stem and blocks follow the authors'
+public code (architectures.py): pre-activation ReLU→conv→ReLU→conv plus a strided convolutional
+shortcut when the block downsamples, no batch norm inside the blocks. The authors' code only uses the client
 part (its FSHA simulation has no task loss); the two-layer server head is ours, so that the split
 model is a classifier like the other arena models.
 """
@@ -25,11 +25,11 @@ from .models import MODELS
 class Stem(nn.Module):
     def __init__(self, in_ch: int, out_ch: int = 64) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.bn = nn.BatchNorm2d(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x)))
+        return nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
 
 
 class ResBlock(nn.Module):

@@ -9,7 +9,7 @@ training set by construction in `runner.load_data`). It never trains the task. E
 1. trains a pilot encoder f̃ and a decoder f̃⁻¹ as an autoencoder on a public batch
    (MSE(x_pub, f̃⁻¹(f̃(x_pub)))),
 2. trains a WGAN-GP critic D to tell the client's smashed data f(x_priv) from f̃(x_pub)
-   (mean D(f̃(x_pub)) − mean D(f(x_priv)) + λ·GP, λ = 500),
+   (mean D(f̃(x_pub)) − mean D(f(x_priv)) + λ·GP; the paper's λ is 500),
 3. sends the client ∂ mean(D(f(x_priv))) / ∂f(x_priv) instead of the task gradient, so the client's
    own optimiser pulls f into f̃'s feature space, where f̃⁻¹ inverts it.
 
@@ -25,7 +25,8 @@ task damage of the attack.
 Defaults are tuned for arena's training regime (client Adam lr 1e-3, tens to hundreds of steps):
 lr 3e-3 for f̃/f̃⁻¹, 1e-3 for D, gradient-penalty weight 10 (Gulrajani et al.'s). The paper's
 (1e-5, 1e-4, 500) go with a client at lr 1e-5 over 10k iterations (benchmarks/fsha_paper.py);
-with a client at lr 1e-3 they did not converge in 95 steps on digits (MSE 0.17–0.21 vs 0.024).
+with a client at lr 1e-3 they did not converge in 95 steps on digits (MSE 0.17–0.21 vs 0.02–0.05).
+Networks: see fsha_nets.py (``pilot = "paper"``: the authors' linear pilot and decoder).
 The client's optimiser and learning rate are the scenario's [train] settings, not the attacker's.
 """
 from __future__ import annotations
@@ -128,7 +129,7 @@ class FSHAPolicy:
             torch.manual_seed(seed)
             pilot = ctx.client_arch() if attack.pilot == "same" else nets.paper_pilot(ctx.input_shape, act)
             self.pilot = pilot.to(ctx.device).train()
-            self.decoder = nets.decoder(act, ctx.input_shape).to(ctx.device)
+            self.decoder = nets.decoder(act, ctx.input_shape, relu=attack.pilot == "same").to(ctx.device)
             self.critic = nets.discriminator(act).to(ctx.device)
         self.opt_ae = torch.optim.Adam([*self.pilot.parameters(), *self.decoder.parameters()], lr=attack.lr_tilde)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=attack.lr_d)
