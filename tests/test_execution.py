@@ -152,8 +152,11 @@ def _start(env, out, *more):
     # Each attack sleeps 2 s, so after the first cell lands there are seconds of work left for the
     # signal to interrupt, even when a loaded machine starves the test process for a while.
     cmd = [sys.executable, "-m", "arena.matrix", *_args(env, out, *more)]
+    # A shell starts background jobs with SIGINT ignored and children inherit that (then Python installs
+    # no KeyboardInterrupt handler): give the run the default disposition, as a terminal would.
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "ARENA_TEST_SLEEP": "2"})
+                            start_new_session=True, env={**os.environ, "ARENA_TEST_SLEEP": "2"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_first_cell(proc, out: Path, timeout: float = 120) -> None:
