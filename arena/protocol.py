@@ -57,9 +57,9 @@ SETUP_CAPABILITIES: dict[str, frozenset[Capability]] = {
     "vanilla": frozenset({Capability.ARCHITECTURE, Capability.SMASHED, Capability.LABELS,
                           Capability.CONTROL_GRADIENT}),
     "label-only": frozenset({Capability.ARCHITECTURE, Capability.INPUTS, Capability.CUT_GRADIENT,
-                             Capability.TAIL_GRADIENTS}),
+                             Capability.TAIL_GRADIENTS, Capability.SERVER_OUT}),
     "u-shaped": frozenset({Capability.ARCHITECTURE, Capability.SMASHED, Capability.CUT_GRADIENT,
-                           Capability.TAIL_GRADIENTS, Capability.CONTROL_GRADIENT}),
+                           Capability.TAIL_GRADIENTS, Capability.SERVER_OUT, Capability.CONTROL_GRADIENT}),
 }
 # Threat-model assumptions an attack may ask for (they are not protocol messages).
 GRANTABLE_EXTRAS = frozenset({Capability.AUX_DATA, Capability.QUERY, Capability.CLIENT_WEIGHTS,

@@ -37,6 +37,7 @@ class Capability(str, enum.Enum):
     INPUTS = "inputs"  # the raw inputs (setup b: the server owns them)
     CUT_GRADIENT = "cut_gradient"  # per-example gradient returned by the label owner at the cut
     TAIL_GRADIENTS = "tail_gradients"  # label owner's parameter gradients (UnSplit paper's stronger threat)
+    SERVER_OUT = "server_out"  # the server part's own output in plaintext (what it sends the label owner)
     CONTROL_GRADIENT = "control_gradient"  # malicious: choose the gradient sent back to the client
     AUX_DATA = "aux_data"  # auxiliary public data of the same domain
     QUERY = "query"  # black-box query access to the client part

@@ -23,6 +23,7 @@ _FIELD_CAPS = {
     "inputs": Capability.INPUTS,
     "cut_grad": Capability.CUT_GRADIENT,
     "tail_grads": Capability.TAIL_GRADIENTS,
+    "server_out": Capability.SERVER_OUT,
     "server_grads": Capability.CUT_GRADIENT,  # they come with the cut gradient (he: dL/dW sent in clear)
 }
 
@@ -85,7 +86,7 @@ class ServerView:
 
 def _filter(o: Observation, granted: frozenset[Capability]) -> Observation:
     keep = {f: (getattr(o, f) if c in granted else None) for f, c in _FIELD_CAPS.items()}
-    return Observation(step=o.step, ids=o.ids, server_out=o.server_out, **keep)
+    return Observation(step=o.step, ids=o.ids, **keep)
 
 
 def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transcript,

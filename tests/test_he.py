@@ -214,6 +214,9 @@ record_steps = 1
 name = "mean-image"
 [[attacks]]
 name = "test-he-cut-grad"
+[[attacks]]
+name = "unsplit-label"
+setup = "u-shaped"
 [[defenses]]
 name = "he"
 """)
@@ -222,6 +225,8 @@ name = "he"
     cells = {d["attack"]: d for d in map(json.loads, (out / CELLS).read_text().splitlines())}
     blocked = cells["mean-image"]
     assert blocked["status"] == "blocked" and "smashed" in blocked["reason"] and "he" in blocked["reason"]
+    label = cells["unsplit-label"]  # it simulates the label owner on the server's output: a ciphertext under HE
+    assert label["status"] == "blocked" and "server_out" in label["reason"] and "he" in label["reason"]
     ok = cells["test-he-cut-grad"]
     assert ok["status"] == "ok", ok["error"]
     assert ok["metrics"]["n_cut_grads"] == 32 and ok["cost"]["depth"] == 5

@@ -106,7 +106,7 @@ def test_unsplit_label_paper_is_perfect_at_label_layers_1_and_realistic_runs(tin
     assert m["label_acc"] == 1.0 and m["label_chance"] < 0.3 and m["leak_auc"] > 0.99
     assert out.label_scores.shape == (32, 10)
     real = ATTACKS.create("unsplit-label", threat_model="realistic")
-    assert real.requires == {Capability.CUT_GRADIENT}
+    assert real.requires == {Capability.CUT_GRADIENT, Capability.SERVER_OUT}
     out, m = _attack("unsplit-label", setup, res, tiny_data, threat_model="realistic")
     assert 0.0 <= m["label_acc"] <= 1.0 and len(out.labels) == 32  # reported whatever it is
 

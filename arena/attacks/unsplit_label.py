@@ -89,7 +89,7 @@ def candidate_cut_grads(tail: nn.Module, h: torch.Tensor, num_classes: int, batc
 class UnSplitLabel(Attack):
     name = "unsplit-label"
     kind = "label"
-    requires = frozenset({Capability.TAIL_GRADIENTS})  # threat_model="paper"; set per instance
+    requires = frozenset({Capability.TAIL_GRADIENTS, Capability.SERVER_OUT})  # threat_model="paper"; set per instance
     default_setup = "label-only"
     paper = "UnSplit (Erdogan et al. 2022) Alg. 2: label inference by gradient matching"
 
@@ -100,7 +100,8 @@ class UnSplitLabel(Attack):
         self.compare = check_choice("compare", compare, COMPARE)
         self.window = check_choice("window", window, WINDOWS)
         self.max_targets = None if max_targets is None else check_positive_int("max_targets", max_targets)
-        self.requires = frozenset({Capability.TAIL_GRADIENTS if threat_model == "paper" else Capability.CUT_GRADIENT})
+        self.requires = frozenset({Capability.TAIL_GRADIENTS if threat_model == "paper" else Capability.CUT_GRADIENT,
+                                   Capability.SERVER_OUT})
 
     def params(self) -> dict[str, Any]:
         return {"threat_model": self.threat_model, "compare": self.compare, "window": self.window,

@@ -17,7 +17,8 @@ inputs) cannot be defended this way: a clear error.
 
 What the server still sees, exactly (protocol.py puts these and nothing else in the transcript):
 - no plaintext smashed data (obs.smashed None: capability SMASHED is removed, so inversion
-  attacks that need it are `blocked`), and not its own output (obs.server_out None);
+  attacks that need it are `blocked`), and not its own output (obs.server_out None, capability
+  SERVER_OUT removed, so label attacks that simulate the label owner on it are `blocked`);
 - the cut gradient g_h = dL/dh the client returns (obs.cut_grad, capability CUT_GRADIENT), and,
   with ``train_server`` (default), its layer's gradients dL/dW = g_h^T a and dL/db sent in
   plaintext (obs.server_grads, with CUT_GRADIENT). Together they pin down a batch's activations a
@@ -107,7 +108,7 @@ class HomomorphicEncryption(Defense):
             for layer in list(model)[start:start + self.server_layers]:
                 for p in layer.parameters():
                     p.requires_grad_(False)
-        removes = {Capability.SMASHED} | ({Capability.LABELS} if sc.setup == "vanilla" else set())
+        removes = {Capability.SMASHED, Capability.SERVER_OUT} | ({Capability.LABELS} if sc.setup == "vanilla" else set())
         self._layout = {"depth": depth, "he_server_layers": [start, start + self.server_layers - 1],
                         "he_label_layers": tail, "he_setup": "u-shaped",
                         "he_samples_per_ciphertext": self.channel.samples_per_ciphertext,
