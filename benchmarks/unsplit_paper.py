@@ -59,8 +59,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed-depths", nargs="*", type=int, default=[1, 2, 3])
     p.add_argument("--label-layers", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--label-steps", type=int, default=4, help="recorded steps (x64 examples) for Table 3")
-    p.add_argument("--timing-rounds", type=int, default=100, help="rounds cap of both timed variants")
+    p.add_argument("--timing-rounds", type=int, default=1000,
+                   help="rounds of the authors' per-image protocol and cap of the batched attack (authors: 1000)")
     p.add_argument("--timing-images", type=int, default=3, help="targets the per-image loop attacks")
+    p.add_argument("--timing-tol", type=float, default=1e-2,
+                   help="early-stop tol of the timed batched attack (the attack's default is 2e-2; 1e-2 runs "
+                        "longer so its MSE is not above the 1000-round per-image loop's)")
     p.add_argument("--timing-depth", type=int, default=1)
     p.add_argument("--skip", nargs="*", default=[], choices=["table2", "table3", "timing"])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: best on shared cores)")
@@ -72,9 +76,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.datasets, a.depths, a.epochs, a.n_train, a.n_test = a.datasets[:1], [1, 3], 1.0, 5000, 1000
-        a.rounds, a.targets, a.label_layers, a.timing_rounds, a.timing_images = 5, 32, [1, 3], 10, 2
+        a.rounds, a.targets, a.label_layers, a.timing_rounds, a.timing_images = 5, 32, [1, 3], 20, 2
         a.attack_seeds = 2
     return a
+
+
+def best_relabelling_accuracy(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Accuracy after the best one-to-one renaming of predicted classes (Hungarian): how well the
+    predictions *partition* the examples by label, whatever the names. Evaluation only (uses the truth)."""
+    from scipy.optimize import linear_sum_assignment
+
+    k = int(max(pred.max(), true.max())) + 1
+    conf = torch.zeros(k, k)
+    conf.index_put_((pred.long(), true.long()), torch.ones(len(pred)), accumulate=True)
+    rows, cols = linear_sum_assignment(-conf.numpy())
+    return float(conf[rows, cols].sum() / len(pred))
 
 
 class Bench:
@@ -167,7 +183,7 @@ class Bench:
         for ll in a.label_layers:
             probes = {"before": self.probe(ds, data, model0, 1, 2 * r, r, "label-only", ll),
                       "after": self.probe(ds, data, trained, 1, r, r, "label-only", ll)}
-            cells = []
+            cells, relabelled = [], []
             for tm, cmp in variants:
                 for w in ("before", "after"):
                     atk = ATTACKS.create("unsplit-label", threat_model=tm, compare=cmp, window=w)
@@ -175,9 +191,12 @@ class Bench:
                     out = atk.run(make_view(atk, st, res, data, a.device), torch_generator(a.seed, "label", ll, w))
                     m = score(out, res, data.x_test, data.y_test)
                     cells.append(f"{100 * m['label_acc']:5.1f}")
+                    if tm == "realistic":
+                        relabelled.append(best_relabelling_accuracy(out.labels, res.truth.labels(out.ids)))
+            cells += [f"{100 * v:5.1f}" for v in relabelled]
             paper = PAPER_T3.get(ds, {}).get(PARAM_LAYERS.get(ll, 0))
             rows.append(f"{ds:<13} {ll:>2} ({PARAM_LAYERS.get(ll, '?')}) | " + " | ".join(
-                f"{cells[2 * i]} {cells[2 * i + 1]}" for i in range(len(variants)))
+                f"{cells[2 * i]} {cells[2 * i + 1]}" for i in range(len(variants) + 1))
                 + f" | {100 * m['label_chance']:5.1f} | {'-' if paper is None else f'{paper:.1f}'}")
             self.log(rows[-1])
         return rows
@@ -186,12 +205,12 @@ class Bench:
     def timing(self, ds, data, trained) -> list[str]:
         a = self.a
         st, res = self.probe(ds, data, trained, a.timing_depth, math.ceil(a.targets / 64), math.ceil(a.targets / 64))
-        atk = UnSplit(rounds=a.timing_rounds, max_targets=a.targets, window="after")
+        atk = UnSplit(rounds=a.timing_rounds, max_targets=a.targets, window="after", tol=a.timing_tol)
         ids, inv, m, raw, view = self.unsplit(atk, st, res, data, f"{ds}/timing")
         k = min(a.timing_images, len(ids))
         # The authors' protocol: one image at a time, one clone carried over from image to image, all
         # rounds (no early stop), the same hyperparameters; the same per-image rescale afterwards.
-        cfg = dataclasses.replace(atk.config(view.client_depth), tol=0.0, rescale="none")
+        cfg = dataclasses.replace(atk.config(view.client_depth), tol=0.0, rescale="none", polish_steps=0)
         _, smashed = atk.targets(view)
         gen = torch_generator(a.seed, "attack", f"{ds}/timing")
         with torch.random.fork_rng(devices=[]):
@@ -208,7 +227,9 @@ class Bench:
 
         b_rate, p_rate = len(ids) / inv.seconds, k / per_s
         lines = [
-            f"{ds}, depth {a.timing_depth}, window after, rounds cap {a.timing_rounds} for both, "
+            f"{ds}, depth {a.timing_depth}, window after; authors' protocol: {a.timing_rounds} rounds per image, "
+            f"one image at a time, the clone carried over; batched: all targets, cap {a.timing_rounds} rounds, "
+            f"early stop; both: "
             f"{cfg.input_steps}+{cfg.clone_steps} steps/round, lr {cfg.lr}, lambda_tv {cfg.lambda_tv}, "
             f"lambda_l2 {cfg.lambda_l2}, relu_slope {cfg.relu_slope}, rescale {atk.rescale}",
             f"  batched   : {len(ids):>3} images, {inv.rounds_run:>4} rounds (early stop: tol {atk.tol} over {atk.patience} rounds), "
@@ -217,6 +238,10 @@ class Bench:
             f"  per-image : {k:>3} images, {a.timing_rounds:>4} rounds each, {per_s:7.1f} s, {p_rate:8.4f} images/s, "
             f"MSE {mse(rec_pi):.4f}, unscaled {mse(raw_pi):.4f}",
             f"  speed-up  : {b_rate / p_rate:.1f}x images/s",
+            # where it comes from: image-rounds per second (batching) times rounds per image (early stop)
+            f"  of which  : batching {b_rate * inv.rounds_run / (p_rate * a.timing_rounds):.1f}x image-rounds/s "
+            f"(all targets in one tensor, one clone) x early stop {a.timing_rounds / max(inv.rounds_run, 1):.1f}x "
+            f"fewer rounds ({inv.rounds_run} vs {a.timing_rounds})",
         ]
         for line in lines:
             self.log(line)
@@ -226,13 +251,14 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     torch.set_num_threads(a.threads)
-    b = Bench(a)
+    b, d = Bench(a), UnSplit()
     print(f"UnSplit paper reproduction with arena ({' '.join(sys.argv[1:]) or 'defaults'})")
     print(f"settings: datasets {a.datasets}, depths {a.depths}, target model lenet trained {a.epochs:g} epochs on "
           f"{a.n_train} samples (batch 64, Adam 1e-3 amsgrad; paper: 10 epochs on 60000), test {a.n_test}; "
           f"UnSplit rounds cap {a.rounds} (authors 1000) x (100 input + 100 clone steps), lr 1e-3, "
-          f"targets {a.targets} training samples per window (paper: 10 test images), early stop tol 1e-2 over 5 "
-          f"rounds, relu_slope 0.01, rescale 'image'; torch threads {a.threads}, device {a.device}, seed {a.seed}")
+          f"targets {a.targets} training samples per window (paper: 10 test images), early stop tol {d.tol} over "
+          f"{d.patience} rounds, relu_slope {d.relu_slope}, rescale '{d.rescale}', polish {d.polish_steps} clone "
+          f"steps; torch threads {a.threads}, device {a.device}, seed {a.seed}")
     t2, t3, tm = [], [], []
     for ds in a.datasets:
         b.log(f"training the target model on {ds}")
@@ -257,8 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\nTable 3: label inference accuracy % (before / after windows), label owner keeping the last "
               "L layers (parametric layers in brackets); paper threat model = tail parameter gradients "
               "(Eq. 3 all / last weight = authors' code / first weight), realistic = cut gradient; "
-              f"{a.label_steps}x64 examples per window; chance = majority class share")
-        print("dataset       L      | paper all   | paper last  | paper first | realistic   | chance | paper")
+              "best relabelling = the realistic predictions scored after the best one-to-one renaming of "
+              f"classes (they partition by label, only the names are lost); {a.label_steps}x64 examples per "
+              "window; chance = majority class share")
+        print("dataset       L      | paper all   | paper last  | paper first | realistic   | realistic, "
+              "best relabelling | chance | paper")
         print("\n".join(t3))
     if tm:
         print("\nTiming: batched attack vs the authors' per-image loop, same targets, same run")

@@ -7,6 +7,7 @@ import inspect
 import pytest
 import torch
 
+import arena.attacks._unsplit_core as core_mod
 import arena.attacks.unsplit as unsplit_mod
 import arena.attacks.unsplit_label as label_mod
 from arena.attacks import ATTACKS
@@ -92,12 +93,12 @@ def test_rescale_fixes_the_gauge_and_folds_it_into_the_clone(tiny_data):
     clone = split(build_model("lenet", (1, 28, 28), 10), 1).client
     x = 0.2 + 0.3 * tiny_data.x_train[:8]  # a dim, offset estimate of real-range images
     before = clone(x).detach()
-    rec, folded = unsplit_mod._fix_gauge(x, copy.deepcopy(clone), "batch")
+    rec, folded = core_mod._fix_gauge(x, copy.deepcopy(clone), "batch")
     assert float(rec.min()) == 0.0 and float(rec.max()) == 1.0
     torch.testing.assert_close(folded(rec), before, atol=1e-4, rtol=1e-4)
-    per_image, _ = unsplit_mod._fix_gauge(x, copy.deepcopy(clone), "image")
+    per_image, _ = core_mod._fix_gauge(x, copy.deepcopy(clone), "image")
     torch.testing.assert_close(per_image.flatten(1).amax(1), torch.ones(8))
-    torch.testing.assert_close(unsplit_mod._fix_gauge(x, clone, "none")[0], x)
+    torch.testing.assert_close(core_mod._fix_gauge(x, clone, "none")[0], x)
 
 
 def test_unsplit_label_paper_is_perfect_at_label_layers_1_and_realistic_runs(tiny_data):
@@ -142,7 +143,7 @@ def test_attacks_work_on_their_view_alone(tiny_data, vanilla, monkeypatch):
         monkeypatch.setattr(mod, attr, forbidden)
     assert a.run(va, torch_generator(0, "a")).reconstructions.shape == (4, 1, 28, 28)
     assert len(b.run(vb, torch_generator(0, "b")).labels) == 32
-    for mod in (unsplit_mod, label_mod):  # nothing that holds the truth is even imported
+    for mod in (unsplit_mod, core_mod, label_mod):  # nothing that holds the truth is even imported
         src = inspect.getsource(mod)
         for name in ("scoring", "protocol", "runner", "transcript", "Truth", "load_data"):
             assert f"import {name}" not in src and f".{name} import" not in src, (mod.__name__, name)
@@ -161,6 +162,7 @@ def test_attacks_work_on_their_view_alone(tiny_data, vanilla, monkeypatch):
     ("unsplit", {"max_targets": 0}, "max_targets must be an integer >= 1"),
     ("unsplit", {"tol": float("nan")}, "tol must be a finite number"),
     ("unsplit", {"relu_slope": -0.01}, "relu_slope must be a finite number >= 0"),
+    ("unsplit", {"polish_steps": -1}, "polish_steps must be an integer >= 0"),
     ("unsplit", {"roundz": 3}, "unknown parameter(s) ['roundz']"),
     ("unsplit-label", {"threat_model": "psychic"}, "threat_model must be one of paper, realistic"),
     ("unsplit-label", {"compare": "middle"}, "compare must be one of all, last, first"),

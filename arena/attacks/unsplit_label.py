@@ -18,7 +18,16 @@ the observed one. Two threat models (``threat_model``):
   weight gradient (p − e_y)·aᵀ has its only negative row at the true label whatever sits before it.
 - ``"realistic"`` (requires CUT_GRADIENT): the observed gradient is what a split-learning server
   really receives, ∂L/∂(server_out), per example; candidates are scaled by 1/batch as the label
-  owner's batch-mean loss scales the real one.
+  owner's batch-mean loss scales the real one. Expect chance or worse: W_tailᵀ(p − e_y) and the
+  random copy's gradients live in unrelated coordinates, and renaming the classes (permuting the
+  tail's rows) leaves every cut gradient unchanged, so no method can name the classes from them
+  alone. They still *group* the examples by label (benchmarks/unsplit_paper.py scores the
+  predictions after the best renaming), which is what Li et al.'s attacks exploit.
+
+Window: ``"before"`` (default) is the paper's setting (the label owner at initialisation, as in the
+authors' demo). Once the label owner is trained its predictions are confident, (p − e_y) is small,
+the random copy's gradients dominate the distance, and accuracy falls towards chance (measured in
+benchmarks/unsplit_paper.py).
 
 Batched label owners (the ``batching`` defense: parameter gradients are means over groups of B
 consecutive examples): we predict one label per group — the candidate whose all-k group gradient is
