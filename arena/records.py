@@ -28,6 +28,11 @@ SETUPS = ("vanilla", "label-only", "u-shaped")
 """
 
 
+# Reason prefix of a blocked cell whose defense is not defined for its setup (as opposed to one
+# whose defense removes a capability the attack needs); the report tells the two apart.
+NOT_APPLICABLE = "not applicable: "
+
+
 class Capability(str, enum.Enum):
     """What a server may observe or do. Setups grant some; defenses remove some; attacks require some."""
 

@@ -24,7 +24,7 @@ from .defenses import DEFENSES, Defense
 from .model_cache import cache_key, cached_training
 from .models import build_model
 from .protocol import Data, TrainResult, make_setup, total_steps, train
-from .records import Capability, Cell, Scenario
+from .records import NOT_APPLICABLE, Capability, Cell, Scenario
 from .scoring import score
 from .seeding import numpy_rng, seed_everything, torch_generator
 from .split import SplitModel
@@ -59,6 +59,7 @@ class CellSpec:
         s = self.scenario
         return (f"{s.dataset}/d{s.depth}/{s.setup} {self.attack.name}{_fmt(self.attack.kwargs)} "
                 f"vs {self.defense.name}{_fmt(self.defense.kwargs)} seed {s.seed}")
+
 
 
 def _fmt(params: dict[str, Any]) -> str:
@@ -154,7 +155,7 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     for s, a in zip(specs, attacks):
         missing = a.requires - caps
         if sc.setup not in defense.setups:
-            yield _cell(s, "blocked", reason=f"defense {defense.name} applies to the {' and '.join(defense.setups)} "
+            yield _cell(s, "blocked", reason=f"{NOT_APPLICABLE}defense {defense.name} applies to the {' and '.join(defense.setups)} "
                                              f"setup(s) only; {a.name} runs in {sc.setup}")
         elif missing:
             why = (f"{a.name} requires {', '.join(sorted(c.value for c in missing))}, which "

@@ -123,7 +123,7 @@ def test_report_files_conclusions_and_rebuild(run_dir, capsys):
     assert "Lowest leakage: noise(sigma=2.0), ssim 0.110 ± 0.025 (-0.700 vs undefended)" in md
     assert "(-20.0 points)" in md
     assert "Best within 2 accuracy points: noise(sigma=0.5)" in md
-    assert "Blocked (the attack cannot run at all) by shield" in md
+    assert "Blocked (the defense removes what the attack needs) by shield" in md
     assert "by split depth: depth 1: 0.810, depth 2: 0.410" in md
     assert "mean-image baseline scores ssim 0.040 ± 0.025: the attack is clearly above it" in md
     assert "| digits | 1 | shield | 0 | - | - | - | blocked: toy-label requires labels" in md
@@ -152,3 +152,18 @@ def test_report_survives_a_partial_last_line(run_dir):
     n = len(read_cells(run_dir))
     assert report_main([str(run_dir), "--table-only"]) == 0
     assert n == len(make_cells())
+
+
+def test_conclusions_tell_removed_capabilities_from_defenses_that_do_not_apply():
+    pd = pytest.importorskip("pandas")
+    from arena.conclusions import _blocked_errors
+    from arena.records import NOT_APPLICABLE
+
+    at = pd.DataFrame({"state": ["blocked", "blocked", "ok"], "defense_label": ["he", "splitguard", "none"],
+                       "reason": ["x requires smashed, which defense he removes",
+                                  NOT_APPLICABLE + "defense splitguard applies to the vanilla setup(s) only", None],
+                       "error": [None, None, None]})
+    g = pd.DataFrame({"defense": ["none"], "value": [0.5], "depth": [1]})
+    lines = _blocked_errors(at, g, "ssim")
+    assert lines[0] == "Blocked (the defense removes what the attack needs) by he: x requires smashed, which defense he removes."
+    assert lines[1] == "Not applicable here: splitguard (defense splitguard applies to the vanilla setup(s) only)."
