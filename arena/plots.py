@@ -1,8 +1,9 @@
 """The report's figures (seaborn, an optional extra: ``pip install 'arena[plot]'``).
 
 Both take `arena.report.leakage_frame` rows. A `blocked` cell (the defense removes what the attack
-needs) is a hatched grey square labelled "blocked" and an `error` cell a hatched red one: neither
-is ever drawn as a leakage of 0.
+needs) is a hatched grey square labelled "blocked", one whose defense does not apply to the
+cell's setup a light square labelled "n/a", and an `error` cell a hatched red one: none is ever
+drawn as a leakage of 0.
 """
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import math
 import re
 from pathlib import Path
 
+from .records import NOT_APPLICABLE
+
 STATE_STYLE = {"blocked": ("#d9d9d9", "///", "blocked"), "error": ("#f4c7c3", "xx", "error")}
+NA_STYLE = ("#f2f2f2", "", "n/a")  # a blocked cell whose defense does not apply to the setup
 
 
 class PlotError(RuntimeError):
@@ -66,7 +70,8 @@ def heatmap(lf, dataset: str, path: Path) -> Path:
     for (row, col), r in cell.items():
         i, j = rows.index(row), cols.index(col)
         if r.state in STATE_STYLE:
-            face, hatch, text = STATE_STYLE[r.state]
+            na = r.state == "blocked" and str(r.reason).startswith(NOT_APPLICABLE)
+            face, hatch, text = NA_STYLE if na else STATE_STYLE[r.state]
             ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor=face, hatch=hatch, edgecolor="#8c8c8c", lw=0))
             ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=small, color="#404040",
                     bbox={"facecolor": face, "edgecolor": "none", "pad": 1})

@@ -69,7 +69,9 @@ def _how_to_read() -> list[Block]:
         "separates them as well. Heatmap colours rescale the metric to 0 = chance (SSIM 0, accuracy 1/classes, "
         "AUC 0.5) .. 1 = perfect.",
         "**blocked** (grey, hatched): the defense removes a capability the attack requires, so the attack "
-        "cannot run; **error** (red, hatched): the cell failed. Neither is ever counted as zero leakage.",
+        "cannot run; **n/a** (light grey): the defense is not defined for the cell's setup (e.g. SplitGuard "
+        "only guards the vanilla setup); **error** (red, hatched): the cell failed. None is ever counted as "
+        "zero leakage.",
         "Frontier plots: leakage vs test accuracy, one point per defense setting; marker area grows with "
         "the client's cost (measured client seconds per sample); the dashed line joins the best trade-offs.",
     ])]

@@ -15,7 +15,8 @@ owner's update is already the batch mean, so B costs no accuracy here.
 What the server still sees: everything — ``removes`` is empty. In particular the gradient the
 label owner returns at the cut (``CUT_GRADIENT``) is per example whatever B is (each example's
 activation gets its own row of ∂L/∂a), which is exactly why Li et al.'s attacks still work; the
-matrix measures it. In the vanilla setup the labels travel in clear, so B changes nothing there.
+matrix measures it. In the vanilla setup the labels travel in clear and there is no label owner
+to batch: the defense declares only the label-only and u-shaped setups, vanilla cells are n/a.
 
 Strength zero: B = 1 (per-example gradients, the undefended protocol) is the identity.
 """
@@ -34,6 +35,7 @@ from .base import Defense, register_defense
 class Batching(Defense):
     name = "batching"
     paper = "UnSplit (Erdogan et al. 2022) §5; Li et al. 2022 (cut-gradient label leakage)"
+    setups = ("label-only", "u-shaped")
 
     def __init__(self, b: int = 8, **rest: Any) -> None:
         super().__init__(**rest)
