@@ -53,6 +53,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=60000)
     p.add_argument("--n-test", type=int, default=10000, help="test samples for model and clone accuracy")
     p.add_argument("--rounds", type=int, default=30, help="cap on UnSplit rounds (authors: 1000)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="early-stop tol of the Table 2 attacks (default: the attack's; 0 runs all --rounds)")
     p.add_argument("--targets", type=int, default=64, help="inversion targets per attack (paper: 10)")
     p.add_argument("--attack-seeds", type=int, default=3, help="clone seeds of the after-training attack "
                    "at --seed-depths (median and range reported; deep splits are seed-sensitive)")
@@ -146,7 +148,8 @@ class Bench:
         record = math.ceil(a.targets / 64)
         rows = []
         for d in a.depths:
-            atk = {w: UnSplit(rounds=a.rounds, max_targets=a.targets, window=w) for w in ("before", "after")}
+            extra = {} if a.tol is None else {"tol": a.tol}
+            atk = {w: UnSplit(rounds=a.rounds, max_targets=a.targets, window=w, **extra) for w in ("before", "after")}
             st_b, res_b = self.probe(ds, data, model0, d, 2 * record, record)
             _, inv_b, m_b, _, _ = self.unsplit(atk["before"], st_b, res_b, data, f"{ds}/{d}/before")
             st_a, res_a = self.probe(ds, data, trained, d, record, record)
@@ -256,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"settings: datasets {a.datasets}, depths {a.depths}, target model lenet trained {a.epochs:g} epochs on "
           f"{a.n_train} samples (batch 64, Adam 1e-3 amsgrad; paper: 10 epochs on 60000), test {a.n_test}; "
           f"UnSplit rounds cap {a.rounds} (authors 1000) x (100 input + 100 clone steps), lr 1e-3, "
-          f"targets {a.targets} training samples per window (paper: 10 test images), early stop tol {d.tol} over "
+          f"targets {a.targets} training samples per window (paper: 10 test images), early stop tol "
+          f"{d.tol if a.tol is None else a.tol} over "
           f"{d.patience} rounds, relu_slope {d.relu_slope}, rescale '{d.rescale}', polish {d.polish_steps} clone "
           f"steps; torch threads {a.threads}, device {a.device}, seed {a.seed}")
     t2, t3, tm = [], [], []
