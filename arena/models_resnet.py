@@ -22,13 +22,25 @@ from torch import nn
 from .models import MODELS
 
 
-class Stem(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int = 64) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.bn = nn.BatchNorm2d(out_ch)
+class FrozenStatsBN(nn.BatchNorm2d):
+    """Batch norm that always normalises with its (never updated) running statistics, 0 and 1: what a
+    Keras BatchNormalization computes when the model is called without ``training=True``, as the
+    authors' FSHA.py calls its client. Only the affine scale and shift learn."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        False, 0.0, self.eps)
+
+
+class Stem(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int = 64, tf: bool = False) -> None:
+        super().__init__()
+        self.tf = tf  # the authors' run: pixels on [-1,1], batch norm in inference mode (Keras eps)
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.bn = FrozenStatsBN(out_ch, eps=1e-3) if tf else nn.BatchNorm2d(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = 2 * x - 1 if self.tf else x
         return nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
 
 
@@ -53,13 +65,14 @@ class GlobalAvgPool(nn.Module):
 
 
 @MODELS.register("fsha-resnet")
-def fsha_resnet(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> nn.Sequential:
+def fsha_resnet(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
+                tf: bool = False) -> nn.Sequential:
     """FSHA's residual client (depth 4 = the paper's split) with a pooled linear head."""
     c, h, w = in_shape
     if min(h, w) < 8:
         raise ValueError(f"model 'fsha-resnet' needs inputs of at least 8×8 pixels, got {in_shape}")
-    return nn.Sequential(
-        Stem(c, 64),
+    model = nn.Sequential(
+        Stem(c, 64, tf=tf),
         ResBlock(64, 64),
         ResBlock(64, 128, stride=2),
         ResBlock(128, 128),
@@ -67,3 +80,16 @@ def fsha_resnet(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int =
         GlobalAvgPool(),
         nn.Linear(256, num_classes),
     )
+    if tf:  # Keras' default initialisation: Glorot-uniform weights, zero biases
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+    return model
+
+
+@MODELS.register("fsha-resnet-tf")
+def fsha_resnet_tf(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> nn.Sequential:
+    """``fsha-resnet`` as the authors' TensorFlow code runs it: pixels mapped to [-1,1] inside the stem,
+    the stem's batch norm in inference mode (FrozenStatsBN), Keras' Glorot-uniform init, zero biases."""
+    return fsha_resnet(in_shape, num_classes, tf=True)

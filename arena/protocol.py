@@ -138,8 +138,8 @@ def _loader(data: Data, cfg: TrainConfig, gen: torch.Generator):
     return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen)
 
 
-def _adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(list(params), lr=lr, amsgrad=True)
+def _adam(params: Iterable[torch.Tensor], lr: float, amsgrad: bool = True) -> torch.optim.Optimizer:
+    return torch.optim.Adam(list(params), lr=lr, amsgrad=amsgrad)
 
 
 def total_steps(n_train: int, cfg: TrainConfig) -> int:
@@ -155,9 +155,9 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     # train a copy: the setup (and its initial weights) stays as it was
     sm = split(copy.deepcopy(setup.model), setup.depth, setup.label_layers).to(device)
     owner = sc.setup  # who holds what
-    client_opt = _adam(sm.client.parameters(), cfg.lr)
-    server_opt = _adam(sm.server.parameters(), cfg.lr) if len(list(sm.server.parameters())) else None
-    tail_opt = _adam(sm.tail.parameters(), cfg.lr) if len(sm.tail) else None
+    client_opt = _adam(sm.client.parameters(), cfg.lr, cfg.amsgrad)
+    server_opt = _adam(sm.server.parameters(), cfg.lr, cfg.amsgrad) if len(list(sm.server.parameters())) else None
+    tail_opt = _adam(sm.tail.parameters(), cfg.lr, cfg.amsgrad) if len(sm.tail) else None
     loader = _loader(data, cfg, gen)
     client = sm.client
     if setup.wrap_client is not None:

@@ -74,6 +74,7 @@ class TrainConfig:
     lr: float = 1e-3
     record_steps: int = 4  # steps kept in the transcript at the start and at the end of training
     max_steps: int | None = None  # cap for tiny runs (tests)
+    amsgrad: bool = True  # Adam's amsgrad variant for every party (UnSplit's code); FSHA's authors use plain Adam
 
     def __post_init__(self) -> None:
         if not (self.epochs > 0 and math.isfinite(self.epochs)):
@@ -84,8 +85,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be positive and finite, got {self.lr}")
+        if not isinstance(self.amsgrad, bool):
+            raise ValueError(f"amsgrad must be true or false, got {self.amsgrad!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+
+
+# TrainConfig fields added after cells were first recorded, with their defaults: omitted from a
+# scenario's key at the default, so existing cells.jsonl files still resume.
+_LATER_TRAIN_FIELDS = {"amsgrad": True}
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,11 @@ class Scenario:
             raise ValueError(f"label_layers must be >= 1, got {self.label_layers}")
 
     def key(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        k = dataclasses.asdict(self)
+        for name, default in _LATER_TRAIN_FIELDS.items():  # cells recorded before a field existed keep their keys
+            if k["train"].get(name) == default:
+                del k["train"][name]
+        return k
 
 
 @dataclass

@@ -2,10 +2,14 @@
 the paper's curve, and seconds per 1k iterations on this machine.
 
 One FSHA cell per dataset through arena's pipeline (runner.run_group: the code `python -m arena.matrix`
-runs): the paper's residual client (`fsha-resnet`, split after the 4th residual block: 256×4×4),
-the authors' pilot (linear strided convolutions), WGAN-GP weight 500, Adam lr 1e-5 for the client
-and for f̃/f̃⁻¹, 1e-4 for D, batch 64 (client optimiser: arena's Adam with amsgrad). X_priv: a random
-subset of the training split; X_pub: a disjoint subset of the same split (arena's aux set).
+runs), set up as the authors' code (github.com/pasquini-dario/SplitNN_FSHA) runs: the paper's
+residual client as TensorFlow runs it (`fsha-resnet-tf`: pixels on [−1,1], stem batch norm in
+inference mode, Glorot init; split after the 4th residual block: 256×4×4), the authors' pilot
+(linear strided convolutions, fed [−1,1]) and critic (6 residual blocks at 4×4), their gradient
+penalty (weight 500, norm per channel), Glorot init, plain Adam lr 1e-5 for the client and for
+f̃/f̃⁻¹, 1e-4 for D, batch 64. Every one of these has a flag to switch back to arena's choice.
+X_priv: a random subset of the training split; X_pub: a disjoint subset of the same split (arena's
+aux set; the authors use the MNIST test set).
 
 MSE at iteration i is the MSE of the decoder of that moment on the batch the client sends at step
 i (64 images), as the authors' "attack validation" does; arena scores pixels in [0,1], the paper
@@ -40,10 +44,12 @@ PAPER = {0: 0.163, 1500: 0.085, 3500: 0.042, 5000: 0.032, 9500: 0.019}
 
 
 def cell(a: argparse.Namespace, ds: str, iterations: int, curve: list[int]):
-    cfg = TrainConfig(epochs=1e6, batch_size=64, lr=a.client_lr, record_steps=1, max_steps=iterations)
+    cfg = TrainConfig(epochs=1e6, batch_size=64, lr=a.client_lr, record_steps=1, max_steps=iterations,
+                      amsgrad=a.client_optimizer == "amsgrad")
     sc = Scenario(ds, a.model, a.depth, setup="vanilla", seed=a.seed, n_train=a.n_train, n_test=a.n_test, train=cfg)
     params = {"pilot": a.pilot, "lr_tilde": a.lr_tilde, "lr_d": a.lr_d, "gp_weight": a.gp_weight,
-              "curve_steps": tuple(curve)}
+              "curve_steps": tuple(curve), "critic": a.critic, "critic_blocks": a.critic_blocks,
+              "gp_norm": a.gp_norm, "init": a.init, "pilot_input": a.pilot_input}
     spec = CellSpec(sc, Entry("fsha", tuple(sorted(params.items()))), Entry("none"), a.n_public)
     ticks: list[tuple[int, float]] = []
     ctx = GroupContext(data_dir=a.data_dir, progress=lambda label, i, n: ticks.append((i, time.perf_counter()))
@@ -65,7 +71,8 @@ def run(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     print(f"# FSHA reproduction — arena benchmarks/fsha_paper.py {' '.join(sys.argv[1:])}")
     print(f"# client {a.model} depth {a.depth}, pilot {a.pilot}, lr client {a.client_lr} / f̃,f̃⁻¹ {a.lr_tilde} / "
-          f"D {a.lr_d}, GP {a.gp_weight}, batch 64; X_priv {a.n_train} samples, X_pub {a.n_public} (disjoint); "
+          f"D {a.lr_d}, GP {a.gp_weight} ({a.gp_norm} norm), critic {a.critic} x{a.critic_blocks} blocks, "
+          f"init {a.init}, pilot input {a.pilot_input}, client optimiser {a.client_optimizer}, batch 64; X_priv {a.n_train} samples, X_pub {a.n_public} (disjoint); "
           f"seed {a.seed}; torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} CPU(s)")
     t_all = time.perf_counter()
     for ds in a.datasets:
@@ -105,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: MNIST, LeNet depth 2, 200 iterations")
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
-    p.add_argument("--model", default="fsha-resnet", help="client architecture (default: the paper's fsha-resnet)")
+    p.add_argument("--model", default="fsha-resnet-tf",
+                   help="client architecture (default: the paper's client as the authors' TF code runs it)")
     p.add_argument("--depth", type=int, default=4, help="split depth (fsha-resnet 4 = the paper's split)")
     p.add_argument("--pilot", default="paper", choices=["paper", "same"])
     p.add_argument("--iterations", type=int, default=10000)
@@ -117,6 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr-tilde", type=float, default=1e-5)
     p.add_argument("--lr-d", type=float, default=1e-4)
     p.add_argument("--gp-weight", type=float, default=500.0)
+    p.add_argument("--gp-norm", default="channel", choices=["channel", "sample"],
+                   help="gradient-penalty norm: per channel as the authors' code, or per sample (WGAN-GP)")
+    p.add_argument("--critic", default="paper", choices=["paper", "fast"], help="critic layout")
+    p.add_argument("--critic-blocks", type=int, default=6, help="critic residual blocks (paper: 6)")
+    p.add_argument("--init", default="keras", choices=["keras", "torch"], help="attacker networks' init")
+    p.add_argument("--pilot-input", default="signed", choices=["signed", "unit"],
+                   help="pixels the pilot sees: [-1,1] as the authors' data, or arena's [0,1]")
+    p.add_argument("--client-optimizer", default="adam", choices=["adam", "amsgrad"],
+                   help="client optimiser: the authors' plain Adam, or arena's Adam with amsgrad")
     p.add_argument("--n-train", type=int, default=50000, help="private training samples")
     p.add_argument("--n-public", type=int, default=10000, help="public samples (disjoint from the private ones)")
     p.add_argument("--n-test", type=int, default=1000)
@@ -128,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         a.datasets, a.model, a.depth, a.iterations, a.every = ["mnist"], "lenet", 2, 200, 50
         a.n_train, a.n_public, a.n_test, a.time_budget = 2000, 1000, 500, 0.0
         a.pilot, a.client_lr, a.lr_tilde, a.lr_d, a.gp_weight = "same", 1e-3, 3e-3, 1e-3, 10.0
+        a.critic, a.critic_blocks, a.gp_norm, a.init, a.pilot_input = "fast", 1, "sample", "torch", "unit"
+        a.client_optimizer = "amsgrad"
     run(a)
 
 

@@ -120,7 +120,9 @@ def test_public_and_private_sets_never_overlap(tiny_data):
     ({"pilot": "mirror"}, "pilot"), ({"public": "imagenet"}, "public"), ({"n_public": 0}, "n_public"),
     ({"missing_classes": [-1]}, "missing_classes"), ({"missing_classes": [1, 1]}, "duplicates"),
     ({"checkpoints": -1}, "checkpoints"), ({"curve_steps": ["a"]}, "curve_steps"), ({"window": "mid"}, "window"),
-    ({"lr": 1e-3}, "unknown parameter"),
+    ({"lr": 1e-3}, "unknown parameter"), ({"critic": "deep"}, "critic"), ({"critic_blocks": 0}, "critic_blocks"),
+    ({"critic_blocks": 2.5}, "critic_blocks"), ({"gp_norm": "l1"}, "gp_norm"), ({"init": "he"}, "init"),
+    ({"pilot_input": "raw"}, "pilot_input"),
 ])
 def test_bad_parameters_raise(kw, needle):
     with pytest.raises(ValueError, match=needle):
@@ -137,3 +139,50 @@ def test_bad_classes_are_caught_when_the_policy_is_built(tiny_data):
 def test_run_needs_the_policy():
     with pytest.raises(RuntimeError, match="server_policy"):
         FSHA().run(None, torch.Generator())
+
+
+def test_paper_critic_gp_norms_and_keras_init():
+    act = (256, 4, 4)
+    d = nets.discriminator(act, "paper", 6)  # the authors': conv, 6 residual blocks at 4×4, strided conv
+    assert sum(isinstance(m, nets._Res) for m in d) == 6 and d[0].stride == (1, 1)
+    assert d(torch.zeros(2, *act)).shape == (2, 1)
+    assert sum(isinstance(m, nets._Res) for m in nets.discriminator(act, "fast", 3)) == 3
+    for bad in ({"layout": "deep"}, {"blocks": 0}, {"blocks": True}):
+        with pytest.raises(ValueError, match="critic"):
+            nets.discriminator(act, **bad)
+    # a critic whose gradient is all ones on 4×2×2: per-sample norm 4, per-channel norm 2
+    critic, z = (lambda t: t.flatten(1).sum(1, keepdim=True)), torch.zeros(3, 4, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    assert float(nets.gradient_penalty(critic, z, z + 1, g, "sample")) == pytest.approx(9.0)
+    assert float(nets.gradient_penalty(critic, z, z + 1, g, "channel")) == pytest.approx(1.0)
+    net = nets.glorot_init(nets.paper_pilot((1, 28, 28), act))
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in net if isinstance(m, torch.nn.Conv2d))
+
+
+def test_fsha_resnet_tf_runs_the_stem_norm_in_inference_mode():
+    torch.manual_seed(0)
+    model = build_model("fsha-resnet-tf", (1, 28, 28), 10).train()
+    client = split(model, 4).client
+    x = torch.rand(5, 1, 28, 28)
+    a = client(x)
+    assert a.shape == (5, 256, 4, 4)
+    torch.testing.assert_close(client(x[:1]), a[:1])  # no batch statistics: a sample's output is its own
+    bn = model[0].bn
+    assert float(bn.running_mean.abs().max()) == 0 and float(bn.running_var.min()) == 1  # never updated
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    # pixels on [-1,1] inside the stem: the same as fsha-resnet's stem fed 2x − 1
+    ref = build_model("fsha-resnet", (1, 28, 28), 10)
+    ref[0].conv.load_state_dict(model[0].conv.state_dict())
+    ref[0].eval()
+    ref[0].bn.eps = 1e-3
+    torch.testing.assert_close(ref[0](2 * x - 1), model[0](x))
+
+
+def test_paper_settings_build_and_step(tiny_data):
+    attack = ATTACKS.create("fsha", pilot="paper", critic="paper", critic_blocks=2, gp_norm="channel",
+                            init="keras", pilot_input="signed", gp_weight=500.0)
+    policy = attack.server_policy(_ctx(tiny_data))
+    assert isinstance(policy.pilot[0], nets.Signed)
+    smashed = _arch("lenet", tiny_data.shape, 2)()(tiny_data.x_train[:8]).detach().requires_grad_(True)
+    grad = policy.step(smashed, None, 0)
+    assert grad.shape == smashed.shape and torch.isfinite(grad).all() and float(grad.abs().sum()) > 0

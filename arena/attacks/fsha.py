@@ -27,7 +27,11 @@ lr 3e-3 for f̃/f̃⁻¹, 1e-3 for D, gradient-penalty weight 10 (Gulrajani et a
 (1e-5, 1e-4, 500) go with a client at lr 1e-5 over 10k iterations (benchmarks/fsha_paper.py).
 Measured on digits (LeNet depth 1, client lr 1e-3, 95 steps; grey image: 0.144): defaults MSE 0.021,
 GP 500 with our learning rates 0.085, the paper's three settings 0.261.
-Networks: see fsha_nets.py (``pilot = "paper"``: the authors' linear pilot and decoder).
+Networks: see fsha_nets.py (``pilot = "paper"``: the authors' linear pilot and decoder). Fidelity
+switches for benchmarks/fsha_paper.py (defaults keep arena's fast regime): ``critic="paper"`` with
+``critic_blocks=6`` (the authors' critic), ``gp_norm="channel"`` (the authors' penalty: gradient
+norm per channel over the spatial axes), ``init="keras"`` (Glorot-uniform, zero biases for f̃, f̃⁻¹,
+D), ``pilot_input="signed"`` (f̃ sees pixels on [−1,1], like the authors' data pipeline).
 The client's optimiser and learning rate are the scenario's [train] settings, not the attacker's.
 """
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..records import AttackOutput, Capability
 from ..seeding import derive_seed
@@ -68,7 +73,8 @@ class FSHA(Attack):
     def __init__(self, lr_tilde: float = 3e-3, lr_d: float = 1e-3, gp_weight: float = 10.0,
                  pilot: str = "same", public: str = "aux", n_public: int | None = None,
                  missing_classes: Any = (), checkpoints: int = 10, curve_steps: Any = (),
-                 pretrain_steps: int = 0, window: str = "after", **rest: Any) -> None:
+                 pretrain_steps: int = 0, window: str = "after", critic: str = "fast", critic_blocks: int = 1,
+                 gp_norm: str = "sample", init: str = "torch", pilot_input: str = "unit", **rest: Any) -> None:
         super().__init__(**rest)
         self.lr_tilde = check_positive_float("lr_tilde", lr_tilde)
         self.lr_d = check_positive_float("lr_d", lr_d)
@@ -81,13 +87,20 @@ class FSHA(Attack):
         self.curve_steps = _int_list("curve_steps", curve_steps)
         self.pretrain_steps = check_positive_int("pretrain_steps", pretrain_steps, minimum=0)
         self.window = check_choice("window", window, ("before", "after"))
+        self.critic = check_choice("critic", critic, ("fast", "paper"))
+        self.critic_blocks = check_positive_int("critic_blocks", critic_blocks)
+        self.gp_norm = check_choice("gp_norm", gp_norm, ("sample", "channel"))
+        self.init = check_choice("init", init, ("torch", "keras"))
+        self.pilot_input = check_choice("pilot_input", pilot_input, ("unit", "signed"))
         self.policy: FSHAPolicy | None = None
 
     def params(self) -> dict[str, Any]:
         return {"lr_tilde": self.lr_tilde, "lr_d": self.lr_d, "gp_weight": self.gp_weight, "pilot": self.pilot,
                 "public": self.public, "n_public": self.n_public, "missing_classes": list(self.missing_classes),
                 "checkpoints": self.checkpoints, "curve_steps": list(self.curve_steps),
-                "pretrain_steps": self.pretrain_steps, "window": self.window}
+                "pretrain_steps": self.pretrain_steps, "window": self.window, "critic": self.critic,
+                "critic_blocks": self.critic_blocks, "gp_norm": self.gp_norm, "init": self.init,
+                "pilot_input": self.pilot_input}
 
     def server_policy(self, ctx: PolicyContext) -> "FSHAPolicy":
         self.policy = FSHAPolicy(self, ctx)
@@ -129,9 +142,15 @@ class FSHAPolicy:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             pilot = ctx.client_arch() if attack.pilot == "same" else nets.paper_pilot(ctx.input_shape, act)
+            decoder = nets.decoder(act, ctx.input_shape, relu=attack.pilot == "same")
+            critic = nets.discriminator(act, attack.critic, attack.critic_blocks)
+            if attack.init == "keras":  # the authors' TensorFlow defaults (Glorot-uniform, zero biases)
+                pilot, decoder, critic = (nets.glorot_init(m) for m in (pilot, decoder, critic))
+            if attack.pilot_input == "signed":  # the pilot sees pixels on [-1,1], as the authors' data
+                pilot = nn.Sequential(nets.Signed(), pilot)
             self.pilot = pilot.to(ctx.device).train()
-            self.decoder = nets.decoder(act, ctx.input_shape, relu=attack.pilot == "same").to(ctx.device)
-            self.critic = nets.discriminator(act).to(ctx.device)
+            self.decoder = decoder.to(ctx.device)
+            self.critic = critic.to(ctx.device)
         self.opt_ae = torch.optim.Adam([*self.pilot.parameters(), *self.decoder.parameters()], lr=attack.lr_tilde)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=attack.lr_d)
         t = ctx.total_steps
@@ -172,7 +191,7 @@ class FSHAPolicy:
         z_priv = smashed.detach()
         d_pub = self.critic(z_pub)
         gap = d_pub.mean() - d_priv.mean()
-        loss = gap + self.a.gp_weight * nets.gradient_penalty(self.critic, z_priv, z_pub, self.gen) \
+        loss = gap + self.a.gp_weight * nets.gradient_penalty(self.critic, z_priv, z_pub, self.gen, self.a.gp_norm) \
             if self.a.gp_weight else gap
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward(inputs=list(self.critic.parameters()))
