@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 
-from .records import NOT_APPLICABLE
-
 ACC_BUDGET = 0.02  # "keeps utility": test accuracy within 2 points of the undefended run
 
 
@@ -101,15 +99,13 @@ def conclude(lf, attack_label: str, dataset: str) -> list[str]:
 
 def _blocked_errors(at, g, metric: str) -> list[str]:
     out = []
-    blocked = at[at["state"] == "blocked"]
-    na = blocked["reason"].fillna("").str.startswith(NOT_APPLICABLE)
-    if (~na).any():
-        names = ", ".join(dict.fromkeys(blocked.loc[~na, "defense_label"]))
-        out.append(f"Blocked (the defense removes what the attack needs) by {names}: "
-                   f"{blocked.loc[~na, 'reason'].iloc[0]}.")
-    if na.any():
-        names = ", ".join(dict.fromkeys(blocked.loc[na, "defense_label"]))
-        out.append(f"Not applicable here: {names} ({blocked.loc[na, 'reason'].iloc[0][len(NOT_APPLICABLE):]}).")
+    blocked, na = at[at["state"] == "blocked"], at[at["state"] == "n/a"]
+    if len(blocked):
+        names = ", ".join(dict.fromkeys(blocked["defense_label"]))
+        out.append(f"Blocked (the defense removes what the attack needs) by {names}: {blocked['reason'].iloc[0]}.")
+    if len(na):
+        names = ", ".join(dict.fromkeys(na["defense_label"]))
+        out.append(f"Not applicable here: {names} ({na['reason'].iloc[0]}).")
     errors = at[at["state"] == "error"]
     if len(errors):
         out.append(f"Failed (error) with {', '.join(dict.fromkeys(errors['defense_label']))}: "
@@ -168,8 +164,7 @@ def overview(lf) -> tuple[list[str], list[list[str]]]:
                     within = f"{k.defense_label}: {_f(k.value)}{note}"
                 else:
                     within = "none lowers it"
-        removed = (at["state"] == "blocked") & ~at["reason"].fillna("").str.startswith(NOT_APPLICABLE)
-        blocked = ", ".join(dict.fromkeys(at.loc[removed, "defense_label"])) or "-"
+        blocked = ", ".join(dict.fromkeys(at.loc[at["state"] == "blocked", "defense_label"])) or "-"
         rows.append([label, ds, depth, metric, _pm(ref.value, ref.ci) if ref is not None else "-", low, within,
                      blocked])
     return header, rows

@@ -11,10 +11,8 @@ import math
 import re
 from pathlib import Path
 
-from .records import NOT_APPLICABLE
-
-STATE_STYLE = {"blocked": ("#d9d9d9", "///", "blocked"), "error": ("#f4c7c3", "xx", "error")}
-NA_STYLE = ("#f2f2f2", "", "n/a")  # a blocked cell whose defense does not apply to the setup
+STATE_STYLE = {"blocked": ("#d9d9d9", "///", "blocked"), "error": ("#f4c7c3", "xx", "error"),
+               "n/a": ("#f2f2f2", "", "n/a")}  # n/a: the defense does not apply to the cell's setup
 
 
 class PlotError(RuntimeError):
@@ -70,8 +68,7 @@ def heatmap(lf, dataset: str, path: Path) -> Path:
     for (row, col), r in cell.items():
         i, j = rows.index(row), cols.index(col)
         if r.state in STATE_STYLE:
-            na = r.state == "blocked" and str(r.reason).startswith(NOT_APPLICABLE)
-            face, hatch, text = NA_STYLE if na else STATE_STYLE[r.state]
+            face, hatch, text = STATE_STYLE[r.state]
             ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor=face, hatch=hatch, edgecolor="#8c8c8c", lw=0))
             ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=small, color="#404040",
                     bbox={"facecolor": face, "edgecolor": "none", "pad": 1})
@@ -144,7 +141,7 @@ def frontier(lf, attack_label: str, path: Path) -> Path:
             ax.plot(front["test_acc"], front["value"], ls="--", color="grey", lw=1, zorder=0,
                     label="frontier (best trade-offs)")
         notes = [f"{s}: " + ", ".join(dict.fromkeys(g.loc[g["state"] == s, "defense_label"]))
-                 for s in ("blocked", "error") if (g["state"] == s).any()]
+                 for s in ("blocked", "n/a", "error") if (g["state"] == s).any()]
         if notes:
             ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
                     bbox={"facecolor": "#eeeeee", "edgecolor": "#999999", "hatch": "//", "alpha": 0.9})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,13 @@ SETUPS = ("vanilla", "label-only", "u-shaped")
 # Reason prefix of a blocked cell whose defense is not defined for its setup (as opposed to one
 # whose defense removes a capability the attack needs); the report tells the two apart.
 NOT_APPLICABLE = "not applicable: "
+
+
+def not_applicable(reason: str | None) -> bool:
+    """Is a blocked cell's reason "the defense does not apply to this setup"? (Also recognises the
+    wording of cells recorded before the prefix existed.)"""
+    r = reason or ""
+    return r.startswith(NOT_APPLICABLE) or bool(re.search(r"applies to the .* setup\(s\) only", r))
 
 
 class Capability(str, enum.Enum):

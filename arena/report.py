@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .records import Cell
+from .records import NOT_APPLICABLE, Cell, not_applicable
 from .store import read_cells
 
 CELL_COLUMNS = ["dataset", "model", "depth", "setup", "attack", "attack_params", "defense", "defense_params"]
@@ -122,7 +122,7 @@ def format_table(summary) -> str:
                 vals.append("-")
             else:
                 vals.append(f"{m:.3f}" + (f"±{h:.3f}" if h and not math.isnan(h) else ""))
-        status = r["status"] if r["status"] != "blocked" else "BLOCKED"
+        status = r["status"] if r["status"] != "blocked" else "n/a" if not_applicable(r["reason"]) else "BLOCKED"
         lines.append([r["dataset"], str(r["depth"]), r["setup"], _short(atk), _short(dfn), status,
                       str(r["n_seeds"])] + vals)
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
@@ -173,6 +173,9 @@ def leakage_frame(summary):
                 chance = r["label_chance"]
             state = ("partial" if "error" in r["status"] else "ok") if r["n_seeds"] > 0 else \
                 ("blocked" if "blocked" in r["status"] else "error")
+            reason = r.get("reason") or ""
+            if state == "blocked" and not_applicable(reason):  # the defense is not defined for this setup
+                state, reason = "n/a", reason.removeprefix(NOT_APPLICABLE)
             cost = next((r.get(c) for c in ("cost.client_s_per_sample", "cost.client_flops")
                          if isinstance(r.get(c), float) and not math.isnan(r[c])), math.nan)
             rows.append({
@@ -183,7 +186,7 @@ def leakage_frame(summary):
                 "norm": min(max((v - chance) / (1 - chance), 0.0), 1.0) if v == v else math.nan,
                 "state": state, "n_seeds": int(r["n_seeds"]), "test_acc": r.get("test_acc", math.nan),
                 "test_acc_ci": r.get("test_acc_ci95", math.nan), "cost": cost,
-                "reason": r.get("reason") or "", "error": r.get("error") or ""})
+                "reason": reason, "error": r.get("error") or ""})
     return pd.DataFrame(rows)
 
 

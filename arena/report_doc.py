@@ -101,8 +101,8 @@ def _attack_table(g) -> tuple[list[str], list[list[str]]]:
     header = ["dataset", "depth", "defense", "n", metric, "test acc", "client cost / sample", "status"]
     rows = []
     for r in g.sort_values(["dataset", "depth", "defense", "defense_label"]).itertuples():
-        if r.state in ("blocked", "error"):
-            why = (r.reason if r.state == "blocked" else r.error) or ""
+        if r.state in ("blocked", "n/a", "error"):
+            why = (r.error if r.state == "error" else r.reason) or ""
             rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", _cost(r.cost), f"{r.state}: {why}"])
         else:
             rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, _pm(r.value, r.ci),
@@ -163,12 +163,12 @@ def build_report(out: Path) -> Path:
         if shots:
             blocks.append(("p", "Reconstructions (top row true, bottom row reconstructed; lowest seed):"))
             blocks.append(("gallery", [(v, f"{k[1]} depth {k[2]}, {k[3]}") for k, v in shots]))
-    bad = lf[lf["state"].isin(["blocked", "error"])]
+    bad = lf[lf["state"].isin(["blocked", "n/a", "error"])]
     if len(bad):
-        blocks.append(("h", 2, "Blocked and failed cells"))
+        blocks.append(("h", 2, "Blocked, not applicable and failed cells"))
         blocks.append(("table", ["dataset", "depth", "attack", "defense", "status", "why"],
                        [[r.dataset, r.depth, r.attack_label, r.defense_label, r.state,
-                         (r.reason if r.state == "blocked" else r.error) or ""] for r in bad.itertuples()]))
+                         (r.error if r.state == "error" else r.reason) or ""] for r in bad.itertuples()]))
     return _write(out, blocks)
 
 

@@ -20,6 +20,7 @@ h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #bbb;margin-top:2em}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:left}th{background:#f0f0f0}tr:nth-child(even){background:#fafafa}
 td.blocked{background:repeating-linear-gradient(45deg,#e4e4e4,#e4e4e4 4px,#f6f6f6 4px,#f6f6f6 8px)}
+td.na{background:#f2f2f2;color:#666}
 td.error{background:repeating-linear-gradient(45deg,#f4c7c3,#f4c7c3 4px,#fbe9e7 4px,#fbe9e7 8px)}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#555}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{margin:0;max-width:48%}
@@ -64,7 +65,8 @@ def _inline(text: str) -> str:
 
 def _td(v: Any) -> str:
     s = str(v)
-    cls = " class='blocked'" if s.startswith("blocked") else " class='error'" if s.startswith("error") else ""
+    cls = " class='blocked'" if s.startswith("blocked") else " class='error'" if s.startswith("error") else \
+        " class='na'" if s.startswith("n/a") else ""
     return f"<td{cls}>{_inline(s)}</td>"
 
 

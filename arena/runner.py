@@ -61,7 +61,6 @@ class CellSpec:
                 f"vs {self.defense.name}{_fmt(self.defense.kwargs)} seed {s.seed}")
 
 
-
 def _fmt(params: dict[str, Any]) -> str:
     return "(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else ""
 

@@ -122,7 +122,7 @@ def test_public_and_private_sets_never_overlap(tiny_data):
     ({"checkpoints": -1}, "checkpoints"), ({"curve_steps": ["a"]}, "curve_steps"), ({"window": "mid"}, "window"),
     ({"lr": 1e-3}, "unknown parameter"), ({"critic": "deep"}, "critic"), ({"critic_blocks": 0}, "critic_blocks"),
     ({"critic_blocks": 2.5}, "critic_blocks"), ({"gp_norm": "l1"}, "gp_norm"), ({"init": "he"}, "init"),
-    ({"pilot_input": "raw"}, "pilot_input"),
+    ({"pilot_input": "raw"}, "pilot_input"), ({"pilot_input": "signed"}, "goes with pilot=.paper."),
 ])
 def test_bad_parameters_raise(kw, needle):
     with pytest.raises(ValueError, match=needle):

@@ -9,7 +9,7 @@ import torch
 from arena.attacks.base import Attack
 from arena.models import build_model
 from arena.protocol import make_setup, train
-from arena.records import Capability, Scenario, TrainConfig
+from arena.records import NOT_APPLICABLE, Capability, Scenario, TrainConfig
 from arena.runner import make_view
 from arena.seeding import seed_everything, torch_generator
 
@@ -169,3 +169,44 @@ params = { scale = 0.5 }
     assert main(["-e", str(spec), "--out", str(tmp_path / "r"), "-q", "--no-report"]) == 0
     (cell,) = read_cells(tmp_path / "r")
     assert cell.status == "blocked" and "applies to the vanilla and u-shaped setup(s) only" in cell.reason
+    assert cell.reason.startswith(NOT_APPLICABLE)  # the report shows it as n/a, not as a removed capability
+
+
+class _CutOnly(Attack):
+    name = "test-cut-only"
+    requires = frozenset({Capability.CUT_GRADIENT})
+
+
+class _CutAndOutput(Attack):
+    name = "test-cut-and-output"
+    requires = frozenset({Capability.CUT_GRADIENT, Capability.SERVER_OUT})
+
+
+def test_server_out_reaches_only_attacks_that_declare_it(tiny_data):
+    setup, res = _train(tiny_data, "u-shaped")
+    assert res.transcript.observations("after")[0].server_out is not None  # the server computed it
+    bare = make_view(_CutOnly(), setup, res, tiny_data, "cpu").observations("after")[0]
+    assert bare.server_out is None and bare.cut_grad is not None and bare.smashed is None
+    full = make_view(_CutAndOutput(), setup, res, tiny_data, "cpu").observations("after")[0]
+    torch.testing.assert_close(full.server_out, res.transcript.observations("after")[0].server_out)
+
+
+def test_amsgrad_setting_reaches_every_optimiser_and_keeps_default_keys(tiny_data, monkeypatch):
+    seen = []
+    real = torch.optim.Adam
+
+    def spy(params, **kw):
+        seen.append(kw.get("amsgrad"))
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    cfg = dataclasses.replace(CFG, amsgrad=False, max_steps=2)
+    sc = Scenario("digits", "lenet", 1, setup="u-shaped", seed=0, train=cfg)
+    train(make_setup(sc, build_model("lenet", tiny_data.shape, 10), tiny_data.shape), tiny_data,
+          torch_generator(0, "t"))
+    assert seen == [False, False, False]  # client, server, label-owner tail
+    with pytest.raises(ValueError, match="amsgrad"):
+        TrainConfig(amsgrad="yes")
+    # a field added later is left out of the key at its default, so recorded cells keep their keys
+    assert "amsgrad" not in Scenario("digits", "lenet", 1, train=CFG).key()["train"]
+    assert Scenario("digits", "lenet", 1, train=cfg).key()["train"]["amsgrad"] is False

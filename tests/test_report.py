@@ -159,9 +159,14 @@ def test_conclusions_tell_removed_capabilities_from_defenses_that_do_not_apply()
     from arena.conclusions import _blocked_errors
     from arena.records import NOT_APPLICABLE
 
-    at = pd.DataFrame({"state": ["blocked", "blocked", "ok"], "defense_label": ["he", "splitguard", "none"],
+    from arena.records import not_applicable
+
+    na_reason = NOT_APPLICABLE + "defense splitguard applies to the vanilla setup(s) only"
+    assert not_applicable(na_reason) and not not_applicable("x requires smashed, which defense he removes")
+    assert not_applicable("defense splitguard applies to the vanilla setup(s) only; x runs in u-shaped")  # older cells
+    at = pd.DataFrame({"state": ["blocked", "n/a", "ok"], "defense_label": ["he", "splitguard", "none"],
                        "reason": ["x requires smashed, which defense he removes",
-                                  NOT_APPLICABLE + "defense splitguard applies to the vanilla setup(s) only", None],
+                                  na_reason.removeprefix(NOT_APPLICABLE), None],
                        "error": [None, None, None]})
     g = pd.DataFrame({"defense": ["none"], "value": [0.5], "depth": [1]})
     lines = _blocked_errors(at, g, "ssim")

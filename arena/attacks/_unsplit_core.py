@@ -47,7 +47,7 @@ class InversionResult:
     reconstructions: torch.Tensor  # x̂ after the gauge fix of ``rescale``
     clone: nn.Module  # the stolen client part (gauge folded in for image/batch)
     rounds_run: int
-    fit_loss: float  # final MSE between the clone's output on x̂ and the smashed data
+    fit_loss: float  # final MSE between the returned clone on the returned reconstructions and the smashed data
     seconds: float
 
 
@@ -153,8 +153,9 @@ def invert(clone: nn.Module, smashed: torch.Tensor, input_shape: tuple[int, ...]
            x_init: float = 0.5) -> InversionResult:
     """UnSplit's alternating optimisation on a batch of targets with one shared ``clone`` (trained in place).
 
-    ``smashed`` (N×…) and ``clone`` must be on the same device. Calling this with one target at a time
-    and the same clone reproduces the authors' per-image protocol.
+    ``smashed`` (N×…) and ``clone`` must be on the same device. Calling this with one target at a time,
+    the same clone, ``tol=0``, ``rescale="none"`` and ``polish_steps=0`` reproduces the authors'
+    per-image protocol (benchmarks/unsplit_paper.py does).
     """
     t0 = time.perf_counter()
     target = smashed.detach()

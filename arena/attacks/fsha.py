@@ -92,6 +92,9 @@ class FSHA(Attack):
         self.gp_norm = check_choice("gp_norm", gp_norm, ("sample", "channel"))
         self.init = check_choice("init", init, ("torch", "keras"))
         self.pilot_input = check_choice("pilot_input", pilot_input, ("unit", "signed"))
+        if self.pilot_input == "signed" and self.pilot == "same":
+            raise ValueError("pilot_input='signed' goes with pilot='paper': a pilot that copies the client's "
+                             "architecture must see the client's own pixels (pilot_input='unit')")
         self.policy: FSHAPolicy | None = None
 
     def params(self) -> dict[str, Any]:

@@ -31,9 +31,9 @@ Our choices, each a parameter:
   (the authors' own ``normalize``, which they apply to their CIFAR results), ``"batch"`` applies one
   map to all targets (its 0.1%/99.9% quantiles), ``"none"`` returns x̂ as optimised. For the image
   and batch modes the batch map is also folded into the clone's first layer (exact for a linear or
-  unpadded conv first layer), so the clone expects real-range inputs, as the real client does; then
-  ``polish_steps`` clone steps fit it to the final estimates (Eq. 2 once more; +2–4 points of clone
-  accuracy on Fashion-MNIST at depths 1–2, neutral on MNIST).
+  unpadded conv first layer), so the clone expects real-range inputs, as the real client does.
+  Then, whatever the mode, ``polish_steps`` clone steps fit the clone to the final estimates (Eq. 2
+  once more; +2–4 points of clone accuracy on Fashion-MNIST at depths 1–2, neutral on MNIST).
 - Dead units (``relu_slope``): a clone ReLU that is off on every target gets no gradient and never
   comes back, and its share of the smashed data is never fitted (measured: 3 of 3 seeds lost a
   depth-1 channel on Fashion-MNIST, clone accuracy 47–81%). Forward hooks give the clone's ReLUs a

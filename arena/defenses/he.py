@@ -70,7 +70,7 @@ def he_layout(model: torch.nn.Sequential, depth: int, server_layers: int) -> tup
 class HomomorphicEncryption(Defense):
     name = "he"
     setups = ("vanilla", "u-shaped")
-    removes = frozenset({Capability.SMASHED})
+    removes = frozenset({Capability.SMASHED, Capability.SERVER_OUT})  # and LABELS in the vanilla setup
     paper = "Khan et al. 2023, Split Ways / Split Without a Leak (U-shaped SL on CKKS-encrypted activations)"
 
     def __init__(self, poly_modulus_degree: int = 8192, coeff_mod_bit_sizes: Any = (60, 40, 40, 60),
