@@ -82,15 +82,19 @@ class CellStore:
         finally:
             os.close(fd)
 
-    def write_manifest(self, spec: dict[str, Any], argv: Iterable[str]) -> None:
+    def write_manifest(self, spec: dict[str, Any], argv: Iterable[str]) -> str | None:
+        """Write (or update) the manifest; returns the code version of the previous run here, if any."""
         path = self.dir / MANIFEST
         old = json.loads(path.read_text()) if path.exists() else {}
+        now = code_version()
         manifest = {
             "schema": SCHEMA,
             "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": list(argv),
-            "code_version": code_version(),
+            "code_version": now,
+            # every code version that wrote cells here: a resumed run keeps cells of earlier versions
+            "code_versions": list(dict.fromkeys([*old.get("code_versions", [old["code_version"]] if "code_version" in old else []), now])),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "packages": package_versions(),
@@ -100,6 +104,7 @@ class CellStore:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         os.replace(tmp, path)
+        return old.get("code_version")
 
 
 def package_versions() -> dict[str, str]:

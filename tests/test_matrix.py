@@ -67,8 +67,17 @@ def test_run_writes_cells_manifest_summary_and_resumes(spec, tmp_path, capsys):
     assert manifest["packages"]["torch"].startswith("2.13")
     assert "mean-image" in capsys.readouterr().out
     # the same command again: nothing re-run, nothing duplicated
+    capsys.readouterr()
     assert main(["-e", str(spec), "--out", str(out), "-q"]) == 0
     assert len(_lines(out)) == 3
+    assert "warning" not in capsys.readouterr().err
+    # cells from another code version are kept, with a warning, and the manifest lists both versions
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(manifest | {"code_version": "v0-old", "code_versions": ["v0-old"]}))
+    assert main(["-e", str(spec), "--out", str(out), "-q"]) == 0
+    assert len(_lines(out)) == 3
+    assert "3 finished cells" in capsys.readouterr().err and "v0-old" in (out / "manifest.json").read_text()
+    assert json.loads((out / "manifest.json").read_text())["code_versions"][0] == "v0-old"
 
 
 def test_interrupted_run_resumes_without_duplicates(spec, tmp_path):
