@@ -165,7 +165,8 @@ def discriminator(act_shape: Shape, layout: str = "fast", blocks: int = 1) -> nn
     """WGAN critic on smashed data. ``layout="fast"``: arena's (strided convolutions to ≤4×4, then
     ``blocks`` residual blocks). ``layout="paper"``: the authors' (architectures.py): a 3×3 convolution
     to 256 channels at the activation's own resolution, ``blocks`` 256-channel residual blocks there
-    (the paper uses 6), a stride-2 convolution, a linear output."""
+    (the paper uses 6), a stride-2 convolution, a linear output. Flat activations (a split after a
+    linear layer) have no spatial layout: both layouts then give the same MLP critic."""
     if layout not in ("fast", "paper"):
         raise ValueError(f"critic layout must be 'fast' or 'paper', got {layout!r}")
     if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
@@ -209,7 +210,8 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     """WGAN-GP (Gulrajani et al. 2017): mean over interpolates of (‖∇D‖₂ − 1)². ``norm="sample"``:
     the norm of each sample's whole gradient; ``"channel"``: as the authors' code (a sum over
     axes [1,2] of NHWC tensors), the norm over the spatial positions of each channel, averaged over
-    samples and channels (so ‖∇D‖₂ is pulled towards √channels rather than 1)."""
+    samples and channels (so ‖∇D‖₂ is pulled towards √channels rather than 1). Flat activations have
+    no spatial axes: ``"channel"`` then falls back to the per-sample norm."""
     n = min(len(real), len(fake))
     real, fake = real[:n], fake[:n]
     eps = torch.rand((n,) + (1,) * (real.dim() - 1), generator=gen, device="cpu").to(real.device)
