@@ -52,7 +52,7 @@ def cell(a: argparse.Namespace, ds: str, iterations: int, curve: list[int]):
               "gp_norm": a.gp_norm, "init": a.init, "pilot_input": a.pilot_input}
     spec = CellSpec(sc, Entry("fsha", tuple(sorted(params.items()))), Entry("none"), a.n_public)
     ticks: list[tuple[int, float]] = []
-    ctx = GroupContext(data_dir=a.data_dir, progress=lambda label, i, n: ticks.append((i, time.perf_counter()))
+    ctx = GroupContext(data_dir=a.data_dir, device=a.device, progress=lambda label, i, n: ticks.append((i, time.perf_counter()))
                        if label.startswith("train ") else None)
     (c,) = list(run_group([spec], ctx))
     if c.status != "ok":
@@ -73,7 +73,7 @@ def run(a: argparse.Namespace) -> None:
     print(f"# client {a.model} depth {a.depth}, pilot {a.pilot}, lr client {a.client_lr} / f̃,f̃⁻¹ {a.lr_tilde} / "
           f"D {a.lr_d}, GP {a.gp_weight} ({a.gp_norm} norm), critic {a.critic} x{a.critic_blocks} blocks, "
           f"init {a.init}, pilot input {a.pilot_input}, client optimiser {a.client_optimizer}, batch 64; X_priv {a.n_train} samples, X_pub {a.n_public} (disjoint); "
-          f"seed {a.seed}; torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} CPU(s)")
+          f"seed {a.seed}; torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} CPU(s), device {a.device}")
     t_all = time.perf_counter()
     for ds in a.datasets:
         iterations = a.iterations
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (a full 10k-iteration run takes "
+                   "hours on CPU)")
     p.add_argument("--data-dir", default=os.environ.get("ARENA_DATA"))
     a = p.parse_args(argv)
     if a.quick:
