@@ -40,7 +40,8 @@ __all__ = ["DATASETS", "DataError", "Dataset", "RawData", "cache_dir", "load_dat
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-# md5 of the decompressed IDX bytes (shared/data/README.md); identical for every faithful copy.
+# md5 of the decompressed IDX bytes (re-gzipped copies, e.g. Debian's, differ only in their gzip headers);
+# identical for every faithful copy.
 IDX_MD5 = {
     "mnist": dict(zip(IDX_FILES, ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
                                   "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"))),
