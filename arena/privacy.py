@@ -29,11 +29,21 @@ def _opacus():
         raise ImportError("privacy accounting needs opacus: pip install 'opacus>=1.4'") from e
 
 
+def check_delta(delta: float) -> float:
+    """δ of an (ε, δ) guarantee: a number strictly between 0 and 1 (NaN and infinities included out)."""
+    try:
+        v = float(delta)
+    except (TypeError, ValueError):
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}") from None
+    if not 0 < v < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    return v
+
+
 def _check(noise_multiplier: float, delta: float) -> None:
     if not (noise_multiplier >= 0 and not math.isnan(noise_multiplier)):
         raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-    if not (0 < delta < 1):
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    check_delta(delta)
 
 
 def gaussian_delta(epsilon: float, noise_multiplier: float) -> float:

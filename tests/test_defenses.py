@@ -79,6 +79,7 @@ def test_strength_zero_reproduces_none_exactly(tiny_data, undefended, name, para
     ("noise", {"clip": 0}, "clip must be a number > 0"),
     ("noise", {"distribution": "cauchy"}, "distribution must be one of"),
     ("noise", {"delta": 1.5}, "delta must be in"),
+    ("dp-sgd", {"delta": 0.0}, "delta must be in"), ("dp-sgd", {"delta": "small"}, "delta must be in"),
     ("noise", {"accountant": "moments"}, "accountant must be one of"),
     ("dp-sgd", {"noise_multiplier": -0.5}, "noise_multiplier must be"),
     ("dp-sgd", {"max_grad_norm": 0}, "max_grad_norm must be"),

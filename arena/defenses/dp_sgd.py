@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..attacks.base import check_choice, check_positive_float
-from ..privacy import ACCOUNTANTS
+from ..privacy import ACCOUNTANTS, check_delta
 from ..protocol import SplitSetup
 from .base import Defense, register_defense
 from .noise import require_client_activations
@@ -105,9 +105,7 @@ class DPSGD(Defense):
         super().__init__(**rest)
         self.noise_multiplier = check_positive_float("noise_multiplier", noise_multiplier, allow_zero=True)
         self.max_grad_norm = check_positive_float("max_grad_norm", max_grad_norm)
-        self.delta = check_positive_float("delta", delta)
-        if not self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        self.delta = check_delta(delta)
         self.accountant = check_choice("accountant", accountant, ACCOUNTANTS)
         if not isinstance(poisson, bool):
             raise ValueError(f"poisson must be true or false, got {poisson!r}")

@@ -55,8 +55,8 @@ from typing import Any
 import torch
 
 from ..attacks.base import check_choice, check_positive_float
-from ..privacy import (ACCOUNTANTS, analytic_gaussian_epsilon, classic_gaussian_epsilon, composed_epsilon,
-                       releases_per_example)
+from ..privacy import (ACCOUNTANTS, analytic_gaussian_epsilon, check_delta, classic_gaussian_epsilon,
+                       composed_epsilon, releases_per_example)
 from ..protocol import SplitSetup
 from .base import Defense, register_defense
 
@@ -115,9 +115,7 @@ class Noise(Defense):
         self.distribution = check_choice("distribution", distribution, DISTRIBUTIONS)
         self.scale = check_positive_float("scale", scale, allow_zero=True)
         self.clip = check_bound("clip", clip)
-        self.delta = check_positive_float("delta", delta)
-        if not self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        self.delta = check_delta(delta)
         self.accountant = check_choice("accountant", accountant, ACCOUNTANTS)
         self._after: dict[str, Any] = {}
         self._batch = 0
