@@ -24,3 +24,15 @@ def tiny_data():
     from arena.runner import load_data
 
     return load_data(Scenario("digits", "lenet", 1, n_train=600, n_test=200), n_aux=200, data_dir=None)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests (request it with ``pytestmark``): CI has two
+    shared cores, and a second OpenMP thread only spins against the other processes."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

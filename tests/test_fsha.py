@@ -15,13 +15,7 @@ from arena.seeding import torch_generator
 from arena.split import split, valid_depths
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two shared cores: a second OpenMP thread only spins against the other processes
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _arch(name, shape, depth):

@@ -28,13 +28,7 @@ from arena.store import CELLS
 C = Capability
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box is two shared cores: a single thread is far faster than two contending ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained(data, setup_name="vanilla", depth=1, epochs=2):

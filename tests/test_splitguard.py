@@ -18,12 +18,7 @@ from arena.split import split
 CFG = TrainConfig(epochs=5, batch_size=32, record_steps=2)  # 95 steps on 600 digits
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(data, seed=0, depth=2, cfg=CFG, setup="vanilla"):
