@@ -36,3 +36,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def run_matrix(tmp_path):
+    """``run_matrix(toml, *flags)``: write the experiment, run `python -m arena.matrix` on it quietly
+    into ``tmp_path / "run"`` (it must exit 0) and return the recorded cells as dicts, in order."""
+    import json
+
+    from arena.matrix import main
+    from arena.store import CELLS
+
+    def run(toml: str, *flags: str) -> list[dict]:
+        spec = tmp_path / "experiment.toml"
+        spec.write_text(toml)
+        out = tmp_path / "run"
+        assert main(["-e", str(spec), "--out", str(out), "-q", *flags]) == 0
+        return [json.loads(line) for line in (out / CELLS).read_text().splitlines()]
+
+    return run

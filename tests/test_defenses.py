@@ -3,7 +3,6 @@ cost fields, and every defense at a chosen split depth through the matrix CLI.""
 from __future__ import annotations
 
 import copy
-import json
 import math
 
 import pytest
@@ -14,14 +13,12 @@ from arena.defenses import DEFENSES
 from arena.defenses.dp_sgd import make_private
 from arena.defenses.noise import clip_rows
 from arena.defenses.nopeek import distance_correlation
-from arena.matrix import main
 from arena.models import build_model
 from arena.privacy import analytic_gaussian_epsilon, classic_gaussian_epsilon, composed_epsilon
 from arena.protocol import make_setup, train
 from arena.records import Scenario, TrainConfig
 from arena.seeding import seed_everything, torch_generator
 from arena.split import split
-from arena.store import CELLS
 
 CFG = TrainConfig(epochs=1, batch_size=16, record_steps=2, max_steps=5)
 
@@ -329,12 +326,8 @@ COST = {"noise": {"epsilon", "epsilon_release", "noise_multiplier", "delta"},
         "batching": {"label_batch"}, "nopeek": {"alpha", "dcor_sent"}}
 
 
-def test_every_defense_runs_in_the_matrix_at_two_depths(tmp_path):
-    spec = tmp_path / "d.toml"
-    spec.write_text(TOML)
-    out = tmp_path / "run"
-    assert main(["-e", str(spec), "--out", str(out), "-q"]) == 0
-    cells = [json.loads(line) for line in (out / CELLS).read_text().splitlines()]
+def test_every_defense_runs_in_the_matrix_at_two_depths(run_matrix):
+    cells = run_matrix(TOML)
     assert len(cells) == 8
     for c in cells:
         assert c["status"] == "ok", c["error"]

@@ -17,13 +17,11 @@ from arena.channel import PlainChannel  # noqa: E402
 from arena.defenses import DEFENSES  # noqa: E402
 from arena.he_channel import Square, he_accuracy  # noqa: E402
 from arena.he_ckks import CKKSParams  # noqa: E402
-from arena.matrix import main  # noqa: E402
 from arena.models import FlattenLinear, build_model  # noqa: E402
 from arena.protocol import evaluate, make_setup, train  # noqa: E402
 from arena.records import AttackOutput, Capability, Scenario, TrainConfig  # noqa: E402
 from arena.runner import make_view  # noqa: E402
 from arena.seeding import seed_everything, torch_generator  # noqa: E402
-from arena.store import CELLS  # noqa: E402
 
 CFG = TrainConfig(epochs=1, batch_size=64, lr=3e-3, record_steps=1)  # 10 steps
 
@@ -196,9 +194,8 @@ class _CutGradientCounter(Attack):
         return AttackOutput(extra={"n_cut_grads": float(len(ids)), "cut_grad_norm": float(g.norm())})
 
 
-def test_matrix_blocks_smashed_attacks_and_runs_label_attacks(tmp_path):
-    spec = tmp_path / "he.toml"
-    spec.write_text("""
+def test_matrix_blocks_smashed_attacks_and_runs_label_attacks(run_matrix):
+    cells = {d["attack"]: d for d in run_matrix("""
 [experiment]
 datasets = ["digits"]
 depths = [1]
@@ -219,10 +216,7 @@ name = "unsplit-label"
 setup = "u-shaped"
 [[defenses]]
 name = "he"
-""")
-    out = tmp_path / "run"
-    assert main(["-e", str(spec), "--out", str(out), "-q"]) == 0
-    cells = {d["attack"]: d for d in map(json.loads, (out / CELLS).read_text().splitlines())}
+""")}
     blocked = cells["mean-image"]
     assert blocked["status"] == "blocked" and "smashed" in blocked["reason"] and "he" in blocked["reason"]
     label = cells["unsplit-label"]  # it simulates the label owner on the server's output: a ciphertext under HE

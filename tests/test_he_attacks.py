@@ -5,7 +5,6 @@ need, see nothing else, and be `blocked` by a defense that removes what it requi
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from arena.attacks import ATTACKS
 from arena.attacks.he_inversion import HeBlackbox, inverse_net, total_variation
 from arena.attacks.he_queryfree import HeQueryFree, other_architecture
 from arena.defenses import DEFENSES, Defense
-from arena.matrix import main
 from arena.models import build_model
 from arena.protocol import make_setup, train
 from arena.records import Capability, Scenario, TrainConfig
@@ -23,7 +21,6 @@ from arena.runner import make_view
 from arena.scoring import score
 from arena.seeding import seed_everything, torch_generator
 from arena.split import split
-from arena.store import CELLS
 
 C = Capability
 
@@ -204,15 +201,12 @@ class _StripHe(Defense):
         return setup.replace(removes=setup.removes | self.removes)
 
 
-def test_a_defense_removing_a_required_capability_blocks_the_cell(tmp_path):
+def test_a_defense_removing_a_required_capability_blocks_the_cell(run_matrix):
     DEFENSES.register(_StripHe.name, _StripHe)
     try:
-        spec = tmp_path / "tiny.toml"
-        spec.write_text(TINY)
-        assert main(["-e", str(spec), "--out", str(tmp_path / "run"), "-q", "--no-report"]) == 0
+        cells = run_matrix(TINY, "--no-report")
     finally:
         DEFENSES.unregister(_StripHe.name)
-    cells = [json.loads(line) for line in (tmp_path / "run" / CELLS).read_text().splitlines()]
     assert len(cells) == 8
     for c in cells:
         if c["defense"] == "none":

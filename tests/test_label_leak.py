@@ -6,7 +6,6 @@ positive class of an imbalanced binary task (Li et al.'s setting). Each sees onl
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -14,14 +13,12 @@ import torch
 from arena.attacks import ATTACKS
 from arena.attacks.label_leak import CosineLabel, NormLabel, two_means_threshold
 from arena.defenses import DEFENSES, Defense
-from arena.matrix import main
 from arena.models import build_model
 from arena.protocol import Data, make_setup, train
 from arena.records import AttackOutput, Capability, Scenario, TrainConfig
 from arena.runner import make_view
 from arena.scoring import score
 from arena.seeding import seed_everything, torch_generator
-from arena.store import CELLS
 
 C = Capability
 
@@ -174,15 +171,12 @@ class _NoCutGradient(Defense):
         return setup.replace(removes=setup.removes | self.removes)
 
 
-def test_label_attacks_run_in_the_matrix_and_are_blocked_without_cut_gradients(tmp_path):
+def test_label_attacks_run_in_the_matrix_and_are_blocked_without_cut_gradients(run_matrix):
     DEFENSES.register(_NoCutGradient.name, _NoCutGradient)
     try:
-        spec = tmp_path / "tiny.toml"
-        spec.write_text(TINY)
-        assert main(["-e", str(spec), "--out", str(tmp_path / "run"), "-q", "--no-report"]) == 0
+        cells = {(c["attack"], c["defense"]): c for c in run_matrix(TINY, "--no-report")}
     finally:
         DEFENSES.unregister(_NoCutGradient.name)
-    cells = {(c["attack"], c["defense"]): c for c in map(json.loads, (tmp_path / "run" / CELLS).read_text().splitlines())}
     assert len(cells) == 4
     for attack in ("norm-label", "cosine-label"):
         ok, blocked = cells[(attack, "none")], cells[(attack, "test-no-cut-gradient")]

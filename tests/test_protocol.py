@@ -143,12 +143,8 @@ def test_query_answers_go_through_the_defended_client(tiny_data):
         assert torch.equal(view.query(x), clean) is same
 
 
-def test_defense_outside_its_setups_is_blocked_up_front(tmp_path):
-    from arena.matrix import main
-    from arena.store import read_cells
-
-    spec = tmp_path / "t.toml"
-    spec.write_text("""
+def test_defense_outside_its_setups_is_blocked_up_front(run_matrix):
+    (cell,) = run_matrix("""
 [experiment]
 datasets = ["digits"]
 depths = [1]
@@ -165,11 +161,9 @@ setup = "label-only"
 [[defenses]]
 name = "noise"
 params = { scale = 0.5 }
-""")
-    assert main(["-e", str(spec), "--out", str(tmp_path / "r"), "-q", "--no-report"]) == 0
-    (cell,) = read_cells(tmp_path / "r")
-    assert cell.status == "blocked" and "applies to the vanilla and u-shaped setup(s) only" in cell.reason
-    assert cell.reason.startswith(NOT_APPLICABLE)  # the report shows it as n/a, not as a removed capability
+""", "--no-report")
+    assert cell["status"] == "blocked" and "applies to the vanilla and u-shaped setup(s) only" in cell["reason"]
+    assert cell["reason"].startswith(NOT_APPLICABLE)  # the report shows it as n/a, not as a removed capability
 
 
 class _CutOnly(Attack):
