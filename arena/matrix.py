@@ -26,7 +26,7 @@ from .progress import Progress
 from .registry import UnknownNameError
 from .report import write_report, write_summary
 from .runner import groups, plan, validate_depths
-from .store import CellStore, code_version
+from .store import CellStore
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = "quick"
@@ -196,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(specs)} cells -> {out} ({len(groups(specs))} training runs)")
         return 0
     store = CellStore(out)
-    before = store.write_manifest({"experiment": exp.to_json(), "device": a.device, "data_dir": a.data_dir,
-                                   "executor": executor, "workers": workers, "threads": threads,
-                                   "plugins": list(plugins)}, ["arena.matrix", *argv])
+    spec = {"experiment": exp.to_json(), "device": a.device, "data_dir": a.data_dir, "executor": executor,
+            "workers": workers, "threads": threads, "plugins": list(plugins)}
+    before, now = store.write_manifest(spec, ["arena.matrix", *argv])
     done = store.done_keys(retry_errors=a.retry_errors)
     kept = sum(s.key in done for s in specs)
-    if kept and before is not None and before != (now := code_version()):
+    if kept and before is not None and before != now:
         print(f"warning: {kept} finished cells in {out} were computed by arena {before}, this is {now}; "
               f"they are kept, not recomputed (use a new --out to recompute everything)", file=sys.stderr)
     todo = [s for s in specs if s.key not in done]

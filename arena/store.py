@@ -82,8 +82,8 @@ class CellStore:
         finally:
             os.close(fd)
 
-    def write_manifest(self, spec: dict[str, Any], argv: Iterable[str]) -> str | None:
-        """Write (or update) the manifest; returns the code version of the previous run here, if any."""
+    def write_manifest(self, spec: dict[str, Any], argv: Iterable[str]) -> tuple[str | None, str]:
+        """Write (or update) the manifest; returns (code version of the previous run here or None, this one)."""
         path = self.dir / MANIFEST
         old = json.loads(path.read_text()) if path.exists() else {}
         now = code_version()
@@ -104,7 +104,7 @@ class CellStore:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         os.replace(tmp, path)
-        return old.get("code_version")
+        return old.get("code_version"), now
 
 
 def package_versions() -> dict[str, str]:
