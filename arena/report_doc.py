@@ -96,14 +96,18 @@ def _grids(out: Path, cells) -> dict[tuple, str]:
     return {k: v[1] for k, v in best.items()}
 
 
+def _why(r) -> str:
+    """Why a cell has no numbers: its error, or the reason it was blocked or is not applicable."""
+    return (r.error if r.state == "error" else r.reason) or ""
+
+
 def _attack_table(g) -> tuple[list[str], list[list[str]]]:
     metric = g["metric"].dropna().iloc[0] if g["metric"].notna().any() else "leakage"
     header = ["dataset", "depth", "defense", "n", metric, "test acc", "client cost / sample", "status"]
     rows = []
     for r in g.sort_values(["dataset", "depth", "defense", "defense_label"]).itertuples():
         if r.state in ("blocked", "n/a", "error"):
-            why = (r.error if r.state == "error" else r.reason) or ""
-            rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", _cost(r.cost), f"{r.state}: {why}"])
+            rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", _cost(r.cost), f"{r.state}: {_why(r)}"])
         else:
             rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, _pm(r.value, r.ci),
                          _pm(r.test_acc, r.test_acc_ci), _cost(r.cost), r.state])
@@ -168,7 +172,7 @@ def build_report(out: Path) -> Path:
         blocks.append(("h", 2, "Blocked, not applicable and failed cells"))
         blocks.append(("table", ["dataset", "depth", "attack", "defense", "status", "why"],
                        [[r.dataset, r.depth, r.attack_label, r.defense_label, r.state,
-                         (r.error if r.state == "error" else r.reason) or ""] for r in bad.itertuples()]))
+                         _why(r)] for r in bad.itertuples()]))
     return _write(out, blocks)
 
 
