@@ -91,4 +91,15 @@ def build_model(name: str, in_shape: tuple[int, int, int], num_classes: int) -> 
     return model
 
 
+def glorot_init(module: nn.Module) -> nn.Module:
+    """Keras' default initialisation (how TensorFlow networks, e.g. FSHA's authors', start): Glorot-uniform
+    weights, zero biases, for every convolution, transposed convolution and linear layer of ``module``."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
 from . import models_resnet  # noqa: E402,F401  (registers "fsha-resnet")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import MODELS
+from .models import MODELS, glorot_init
 
 
 class FrozenStatsBN(nn.BatchNorm2d):
@@ -80,12 +80,7 @@ def fsha_resnet(in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int =
         GlobalAvgPool(),
         nn.Linear(256, num_classes),
     )
-    if tf:  # Keras' default initialisation: Glorot-uniform weights, zero biases
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-    return model
+    return glorot_init(model) if tf else model  # tf: Keras' default initialisation
 
 
 @MODELS.register("fsha-resnet-tf")

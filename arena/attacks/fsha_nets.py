@@ -15,7 +15,7 @@
   "paper": the authors' critic, a convolution to 256 channels at the activation's resolution,
   ``blocks`` residual blocks (the paper's 6: ~125M multiply-adds per sample at 4×4, twice the
   client's, ~1.1 s per step on one CPU core vs 0.1 s for "fast"), a stride-2 convolution, linear.
-- ``glorot_init``: Keras' default initialisation, as the authors' TensorFlow networks start.
+- ``glorot_init`` (from arena.models): Keras' default initialisation, as the authors' TensorFlow networks start.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from ..models import glorot_init  # noqa: F401  (re-exported: the attack initialises its networks with it)
 
 Shape = tuple[int, ...]
 
@@ -192,17 +194,6 @@ def discriminator(act_shape: Shape, layout: str = "fast", blocks: int = 1) -> nn
     with torch.no_grad():
         n = nn.Sequential(*layers)(torch.zeros(1, *act_shape)).shape[1]
     return nn.Sequential(*layers, nn.Linear(n, 1))
-
-
-def glorot_init(module: nn.Module) -> nn.Module:
-    """Keras' default initialisation (the authors' TensorFlow code): Glorot-uniform weights, zero
-    biases, for every convolution, transposed convolution and linear layer of ``module``."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return module
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
