@@ -87,6 +87,7 @@ class CellStore:
         path = self.dir / MANIFEST
         old = json.loads(path.read_text()) if path.exists() else {}
         now = code_version()
+        earlier = old.get("code_versions") or ([old["code_version"]] if "code_version" in old else [])
         manifest = {
             "schema": SCHEMA,
             "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
@@ -94,7 +95,7 @@ class CellStore:
             "command": list(argv),
             "code_version": now,
             # every code version that wrote cells here: a resumed run keeps cells of earlier versions
-            "code_versions": list(dict.fromkeys([*old.get("code_versions", [old["code_version"]] if "code_version" in old else []), now])),
+            "code_versions": list(dict.fromkeys([*earlier, now])),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "packages": package_versions(),

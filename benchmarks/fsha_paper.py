@@ -66,7 +66,7 @@ def resized_32x3(x: np.ndarray, batch: int = 4096) -> np.ndarray:
 def register_32x3(ds: str) -> str:
     """Register ``<ds>-32x3`` (the authors' input) in arena's dataset registry; returns its name."""
     name = f"{ds}-32x3"
-    if name not in DATASETS.names():
+    if name not in DATASETS:
         base = DATASETS.get(ds)
 
         def load(**kw) -> RawData:
@@ -79,6 +79,15 @@ def register_32x3(ds: str) -> str:
     return name
 
 
+def seconds_per_iteration(ticks: list[tuple[int, float]], warmup: int = 10) -> float | None:
+    """Training speed from (iteration, time) progress ticks, the first ``warmup`` excluded; None until
+    the ticks after the warm-up span at least one iteration."""
+    if len(ticks) <= warmup:
+        return None
+    (i0, t0), (i1, t1) = ticks[warmup], ticks[-1]
+    return (t1 - t0) / (i1 - i0) if i1 > i0 else None
+
+
 def progress(ds: str, ticks: list[tuple[int, float]], every: int):
     """A runner progress callback: keeps (iteration, time) ticks and prints a line every ``every``."""
     def report(label: str, i: int, n: int) -> None:
@@ -86,10 +95,9 @@ def progress(ds: str, ticks: list[tuple[int, float]], every: int):
             return
         ticks.append((i, time.perf_counter()))
         if every and i and (i % every == 0 or i == n):
-            (i0, t0), (i1, t1) = ticks[min(10, len(ticks) - 1)], ticks[-1]
-            rate = (t1 - t0) / max(i1 - i0, 1) if i1 > i0 else float("nan")
-            left = (n - i) * rate
-            print(f"[{ds}] iteration {i}/{n}: {rate:.2f} s/it, {left / 60:.0f} min left", file=sys.stderr,
+            rate = seconds_per_iteration(ticks)
+            rate = float("nan") if rate is None else rate
+            print(f"[{ds}] iteration {i}/{n}: {rate:.2f} s/it, {(n - i) * rate / 60:.0f} min left", file=sys.stderr,
                   flush=True)
     return report
 
@@ -107,13 +115,9 @@ def cell(a: argparse.Namespace, ds: str, iterations: int, curve: list[int]):
     (c,) = list(run_group([spec], ctx))
     if c.status != "ok":
         raise SystemExit(f"{ds}: {c.status} {c.error or c.reason}")
-    train_ticks = ticks
-    if len(train_ticks) > 10:  # training speed from the progress ticks, the first 10 steps excluded (warm-up)
-        (i0, t0), (i1, t1) = train_ticks[10], train_ticks[-1]
-        s_per_it = (t1 - t0) / max(i1 - i0, 1)
-    else:
-        s_per_it = c.cost.get("client_s", 0) + c.cost.get("server_s", 0)
-        s_per_it /= max(c.cost.get("train_steps", 1), 1)
+    s_per_it = seconds_per_iteration(ticks)
+    if s_per_it is None:  # too short a run for the ticks: the cell's own timing, warm-up included
+        s_per_it = (c.cost.get("client_s", 0) + c.cost.get("server_s", 0)) / max(c.cost.get("train_steps", 1), 1)
     return c, s_per_it
 
 
