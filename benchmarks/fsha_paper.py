@@ -20,8 +20,9 @@ centres, no antialiasing, as tf.image.resize) and repeated over 3 channels, thro
 registered here as ``<name>-32x3`` (arena's dataset registry; nothing in arena changes).
 Progress (iteration, seconds per iteration, time left) goes to stderr every ``--progress-every``.
 
-A full run is long on a CPU: 700 s per 1k iterations on two idle cores (2 threads), so ~1.9 h for
-MNIST's 9.5k-iteration point, ~3.7 h on one core shared with another job. ``--time-budget`` measures
+A full run is long on a CPU: 793 s (MNIST) and 819 s (Fashion-MNIST) per 1k iterations on two idle
+cores (2 threads), so 2.1–2.2 h per dataset to the 9.5k-iteration point, ~3.7 h on one core shared
+with another job. ``--time-budget`` measures
 seconds per iteration on a short calibration run and shortens the run to fit; the table then ends
 where the run ended and says so (nothing is extrapolated).
 
