@@ -22,9 +22,9 @@ Progress (iteration, seconds per iteration, time left) goes to stderr every ``--
 
 A full run is long on a CPU: 793 s (MNIST) and 819 s (Fashion-MNIST) per 1k iterations on two idle
 cores (2 threads), so 2.1–2.2 h per dataset to the 9.5k-iteration point, ~3.7 h on one core shared
-with another job. ``--time-budget`` measures
-seconds per iteration on a short calibration run and shortens the run to fit; the table then ends
-where the run ended and says so (nothing is extrapolated).
+with another job. ``--time-budget`` measures seconds per iteration on a short calibration run and
+shortens the run to fit; the table then ends where the run ended and says so (nothing is
+extrapolated).
 
     ARENA_DATA=/work/shared/data python benchmarks/fsha_paper.py --time-budget 1500
     ARENA_DATA=/work/shared/data python benchmarks/fsha_paper.py --quick    # smoke run (~1 min)
