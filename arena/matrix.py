@@ -15,18 +15,18 @@ from pathlib import Path
 
 from . import __version__
 from .attacks import ATTACKS
-from .config import Experiment, SpecError, load_experiment, select, without_entry_limits
-from .data import DATASETS
+from .run.config import Experiment, SpecError, load_experiment, select, without_entry_limits
+from .data.sources import DATASETS
 from .defenses import DEFENSES
 from .models import MODELS
 from .records import SETUPS, TrainConfig
-from .executors import EXECUTORS, ExecutorError, RunOptions, cpu_count, execute
-from .plugins import PluginError, import_plugins
-from .progress import Progress
+from .run.executors import EXECUTORS, ExecutorError, RunOptions, cpu_count, execute
+from .run.plugins import PluginError, import_plugins
+from .run.progress import Progress
 from .registry import UnknownNameError
-from .report import write_report, write_summary
-from .runner import groups, plan, validate_depths
-from .store import CellStore
+from .report.tables import write_report, write_summary
+from .run.runner import groups, plan, validate_depths
+from .run.store import CellStore
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = "quick"
@@ -149,7 +149,7 @@ def _execution(a: argparse.Namespace) -> tuple[str, int, int | None]:
     if a.address and executor != "ray":
         raise SpecError("--address is for --executor ray")
     if executor == "ray":
-        from .ray_support import _import_ray
+        from .run.ray import _import_ray
 
         _import_ray()  # fail now, with the install hint, not after planning
     workers = 1 if executor == "serial" else (a.workers or max(1, cpu_count() // a.threads))

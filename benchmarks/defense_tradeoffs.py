@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from arena.attacks import ATTACKS  # noqa: E402
-from arena.config import load_experiment  # noqa: E402
+from arena.run.config import load_experiment  # noqa: E402
 from arena.matrix import main as matrix_main  # noqa: E402
-from arena.runner import plan  # noqa: E402
-from arena.store import read_cells  # noqa: E402
+from arena.run.runner import plan  # noqa: E402
+from arena.run.store import read_cells  # noqa: E402
 
 FALLBACK = {"unsplit": "mean-image", "unsplit-label": "norm-label"}
 STRENGTH = {"noise": "scale", "dp-sgd": "noise_multiplier", "batching": "b", "nopeek": "alpha",

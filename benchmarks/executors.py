@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arena.matrix import main as matrix  # noqa: E402
-from arena.store import read_cells  # noqa: E402
+from arena.run.store import read_cells  # noqa: E402
 
 SPEC = """
 [experiment]

@@ -43,10 +43,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from arena.config import Entry  # noqa: E402
-from arena.data import DATASETS, RawData  # noqa: E402
+from arena.run.config import Entry  # noqa: E402
+from arena.data.sources import DATASETS, RawData  # noqa: E402
 from arena.records import Scenario, TrainConfig  # noqa: E402
-from arena.runner import CellSpec, GroupContext, run_group  # noqa: E402
+from arena.run.runner import CellSpec, GroupContext, run_group  # noqa: E402
 
 # Pasquini et al. 2021, MNIST, MSE on [−1,1] images (ALGORITHMS.md)
 PAPER = {0: 0.163, 1500: 0.085, 3500: 0.042, 5000: 0.032, 9500: 0.019}

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from arena.config import Entry  # noqa: E402
+from arena.run.config import Entry  # noqa: E402
 from arena.records import Scenario, TrainConfig  # noqa: E402
-from arena.runner import CellSpec, GroupContext, run_group  # noqa: E402
+from arena.run.runner import CellSpec, GroupContext, run_group  # noqa: E402
 
 # He et al. 2019, Tables (MNIST): PSNR dB / SSIM at conv1 (depth 0) and ReLU2 (depth 4); see ALGORITHMS.md
 PAPER = {

@@ -28,13 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from arena.channel import PlainChannel  # noqa: E402
+from arena.protocol.channel import PlainChannel  # noqa: E402
 from arena.defenses import DEFENSES  # noqa: E402
-from arena.he_channel import he_accuracy  # noqa: E402
+from arena.he.channel import he_accuracy  # noqa: E402
 from arena.models import build_model  # noqa: E402
-from arena.protocol import evaluate, make_setup, train  # noqa: E402
+from arena.protocol.train import evaluate, make_setup  # noqa: E402
+from arena.protocol.train import train  # noqa: E402
 from arena.records import Scenario, TrainConfig  # noqa: E402
-from arena.runner import load_data  # noqa: E402
+from arena.run.runner import load_data  # noqa: E402
 from arena.seeding import seed_everything, torch_generator  # noqa: E402
 
 

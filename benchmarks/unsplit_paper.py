@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arena.attacks import ATTACKS  # noqa: E402
 from arena.attacks.unsplit import UnSplit, invert, rescale  # noqa: E402
 from arena.models import build_model  # noqa: E402
-from arena.protocol import make_setup, train  # noqa: E402
+from arena.protocol.train import make_setup  # noqa: E402
+from arena.protocol.train import train  # noqa: E402
 from arena.records import AttackOutput, Scenario, TrainConfig  # noqa: E402
-from arena.runner import load_data, make_view  # noqa: E402
-from arena.scoring import score  # noqa: E402
+from arena.run.runner import load_data, make_view  # noqa: E402
+from arena.scoring.score import score  # noqa: E402
 from arena.seeding import seed_everything, torch_generator  # noqa: E402
 
 # ALGORITHMS.md: paper Table 2 (MSE before, MSE after, clone accuracy %) and Table 3 (label accuracy %).
@@ -158,7 +159,7 @@ class Bench:
             ids = runs[0][0]
             black, grey = (self.baseline(v, st_a, res_a, data, ids) for v in ("black", "grey"))
             if a.grid_dir is not None:
-                from arena.artifacts import save_grid
+                from arena.run.artifacts import save_grid
                 save_grid(a.grid_dir / f"{ds}_d{d}_after.png", res_a.truth.inputs(ids), runs[0][1].reconstructions.cpu(),
                           title=f"UnSplit {ds} depth {d} after training")
 

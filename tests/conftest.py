@@ -21,7 +21,7 @@ def real_data_dir() -> Path | None:
 def tiny_data():
     """A small digits split: 600 private, 200 test, 200 auxiliary samples (1×28×28)."""
     from arena.records import Scenario
-    from arena.runner import load_data
+    from arena.run.runner import load_data
 
     return load_data(Scenario("digits", "lenet", 1, n_train=600, n_test=200), n_aux=200, data_dir=None)
 
@@ -45,7 +45,7 @@ def run_matrix(tmp_path):
     import json
 
     from arena.matrix import main
-    from arena.store import CELLS
+    from arena.run.store import CELLS
 
     def run(toml: str, *flags: str) -> list[dict]:
         spec = tmp_path / "experiment.toml"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from arena.data import DATASETS, RawData, load_dataset
+from arena.data.sources import DATASETS, RawData, load_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "fsha_paper.py"
 

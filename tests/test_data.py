@@ -1,4 +1,4 @@
-"""Tests for arena.data / arena.datasets_io on tiny hand-written files in the official formats,
+"""Tests for arena.data (sources, formats) on tiny hand-written files in the official formats,
 plus the real MNIST / Fashion-MNIST files when they are available (ARENA_DATA)."""
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import arena.data as data
-from arena.data import (DATASETS, DataError, Dataset, cache_dir, load_dataset, search_paths)
-from arena.datasets_io import (check_md5, md5_bytes, read_cifar_batch, read_cifar_meta, read_idx)
+import arena.data.sources as data
+from arena.data.sources import DATASETS, DataError, Dataset, cache_dir, load_dataset, search_paths
+from arena.data.formats import check_md5, md5_bytes, read_cifar_batch, read_cifar_meta, read_idx
 from arena.registry import UnknownNameError
 
 IDX = data.IDX_FILES

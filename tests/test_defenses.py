@@ -14,11 +14,11 @@ from arena.defenses.dp_sgd import make_private
 from arena.defenses.noise import clip_rows
 from arena.defenses.nopeek import distance_correlation
 from arena.models import build_model
-from arena.privacy import analytic_gaussian_epsilon, classic_gaussian_epsilon, composed_epsilon
-from arena.protocol import make_setup, train
+from arena.defenses.privacy import analytic_gaussian_epsilon, classic_gaussian_epsilon, composed_epsilon
+from arena.protocol.train import make_setup, train
 from arena.records import Scenario, TrainConfig
 from arena.seeding import seed_everything, torch_generator
-from arena.split import split
+from arena.protocol.split import split
 
 CFG = TrainConfig(epochs=1, batch_size=16, record_steps=2, max_steps=5)
 

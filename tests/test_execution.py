@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from arena.config import experiment_from_dict
+from arena.run.config import experiment_from_dict
 from arena.matrix import main
-from arena.progress import Progress, fmt_seconds
-from arena.runner import plan
-from arena.store import CELLS, read_cells
+from arena.run.progress import Progress, fmt_seconds
+from arena.run.runner import plan
+from arena.run.store import CELLS, read_cells
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -258,9 +258,9 @@ def test_progress_bar_and_time_left():
 
 
 def test_attack_progress_reaches_the_matrix(env):
-    from arena.executors import RunOptions, execute
-    from arena.plugins import import_plugin
-    from arena.runner import groups
+    from arena.run.executors import RunOptions, execute
+    from arena.run.plugins import import_plugin
+    from arena.run.runner import groups
 
     import_plugin(str(env / "fingerprint_plugin.py"))
     exp = experiment_from_dict({"experiment": {"datasets": ["digits"], "n_train": 60, "n_test": 20, "n_aux": 20},

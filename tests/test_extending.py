@@ -11,7 +11,7 @@ import pytest
 
 from arena.defenses import DEFENSES
 from arena.matrix import main
-from arena.store import read_cells
+from arena.run.store import read_cells
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

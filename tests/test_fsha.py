@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arena.attacks import ATTACKS, PolicyContext
-from arena.attacks import fsha_nets as nets
+from arena.attacks import ATTACKS, PolicyContext, fsha_nets as nets
 from arena.attacks.fsha import FSHA, FSHAPolicy
-from arena.config import experiment_from_dict
+from arena.run.config import experiment_from_dict
 from arena.models import build_model
-from arena.runner import GroupContext, groups, plan, run_group
+from arena.run.runner import GroupContext, groups, plan, run_group
 from arena.seeding import torch_generator
-from arena.split import split, valid_depths
+from arena.protocol.split import split, valid_depths
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

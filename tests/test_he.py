@@ -13,14 +13,15 @@ from torch import nn
 pytest.importorskip("tenseal")
 
 from arena.attacks.base import Attack, register_attack  # noqa: E402
-from arena.channel import PlainChannel  # noqa: E402
+from arena.protocol.channel import PlainChannel  # noqa: E402
 from arena.defenses import DEFENSES  # noqa: E402
-from arena.he_channel import Square, he_accuracy  # noqa: E402
-from arena.he_ckks import CKKSParams  # noqa: E402
+from arena.he.channel import Square, he_accuracy  # noqa: E402
+from arena.he.ckks import CKKSParams  # noqa: E402
 from arena.models import FlattenLinear, build_model  # noqa: E402
-from arena.protocol import evaluate, make_setup, train  # noqa: E402
+from arena.protocol.train import evaluate, make_setup  # noqa: E402
+from arena.protocol.train import train  # noqa: E402
 from arena.records import AttackOutput, Capability, Scenario, TrainConfig  # noqa: E402
-from arena.runner import make_view  # noqa: E402
+from arena.run.runner import make_view  # noqa: E402
 from arena.seeding import seed_everything, torch_generator  # noqa: E402
 
 CFG = TrainConfig(epochs=1, batch_size=64, lr=3e-3, record_steps=1)  # 10 steps

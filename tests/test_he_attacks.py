@@ -15,12 +15,12 @@ from arena.attacks.he_inversion import HeBlackbox, inverse_net, total_variation
 from arena.attacks.he_queryfree import HeQueryFree, other_architecture
 from arena.defenses import DEFENSES, Defense
 from arena.models import build_model
-from arena.protocol import make_setup, train
+from arena.protocol.train import make_setup, train
 from arena.records import Capability, Scenario, TrainConfig
-from arena.runner import make_view
-from arena.scoring import score
+from arena.run.runner import make_view
+from arena.scoring.score import score
 from arena.seeding import seed_everything, torch_generator
-from arena.split import split
+from arena.protocol.split import split
 
 C = Capability
 

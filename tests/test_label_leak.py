@@ -14,10 +14,10 @@ from arena.attacks import ATTACKS
 from arena.attacks.label_leak import CosineLabel, NormLabel, two_means_threshold
 from arena.defenses import DEFENSES, Defense
 from arena.models import build_model
-from arena.protocol import Data, make_setup, train
+from arena.protocol.train import Data, make_setup, train
 from arena.records import AttackOutput, Capability, Scenario, TrainConfig
-from arena.runner import make_view
-from arena.scoring import score
+from arena.run.runner import make_view
+from arena.scoring.score import score
 from arena.seeding import seed_everything, torch_generator
 
 C = Capability

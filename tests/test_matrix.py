@@ -6,7 +6,7 @@ import json
 import pytest
 
 from arena.matrix import main
-from arena.store import CELLS, read_cells
+from arena.run.store import CELLS, read_cells
 
 TINY = """
 [experiment]

@@ -1,4 +1,4 @@
-"""arena.metrics against scikit-image / scikit-learn references, plus identities and validation."""
+"""arena.scoring.metrics against scikit-image / scikit-learn references, plus identities and validation."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from sklearn.metrics import roc_auc_score
 
-from arena import metrics as M
+from arena.scoring import metrics as M
 
 
 def _images(kind: str, n: int, c: int, s: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,9 @@ import torch
 
 from arena.attacks.base import Attack
 from arena.models import build_model
-from arena.protocol import make_setup, train
+from arena.protocol.train import make_setup, train
 from arena.records import NOT_APPLICABLE, Capability, Scenario, TrainConfig
-from arena.runner import make_view
+from arena.run.runner import make_view
 from arena.seeding import seed_everything, torch_generator
 
 CFG = TrainConfig(epochs=3, batch_size=32, record_steps=2)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from arena.records import Cell
-from arena.report import ci95, leakage_frame, main as report_main, summarize
-from arena.store import CELLS, CellStore, read_cells
+from arena.report.tables import ci95, leakage_frame, main as report_main, summarize
+from arena.run.store import CELLS, CellStore, read_cells
 
 DEFENSES = [("none", {}), ("noise", {"sigma": 0.5}), ("noise", {"sigma": 2.0}), ("shield", {})]
 # (attack, params, metric, depths); unregistered names: the headline comes from the metrics present
@@ -52,7 +52,7 @@ def make_cells(n_seeds: int = 3, grid_dir=None) -> list[Cell]:
                         m |= {f"mse@{step}": 0.2 / (1 + step * leak) for step in (0, 50, 100)}
                     art = {}
                     if grid_dir is not None and seed == 0 and attack == "toy-inversion" and depth == 1:
-                        from arena.artifacts import save_grid
+                        from arena.run.artifacts import save_grid
 
                         rel = f"grids/{key}.png"
                         save_grid(grid_dir / rel, torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), title=d)
@@ -156,7 +156,7 @@ def test_report_survives_a_partial_last_line(run_dir):
 
 def test_conclusions_tell_removed_capabilities_from_defenses_that_do_not_apply():
     pd = pytest.importorskip("pandas")
-    from arena.conclusions import _blocked_errors
+    from arena.report.conclusions import _blocked_errors
     from arena.records import NOT_APPLICABLE
 
     from arena.records import not_applicable

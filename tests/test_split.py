@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from arena.models import build_model
-from arena.split import SplitDepthError, split, valid_depths
+from arena.protocol.split import SplitDepthError, split, valid_depths
 
 MODELS = [("lenet", (1, 28, 28)), ("cifar-cnn", (3, 32, 32))]
 

@@ -9,11 +9,11 @@ from arena.attacks import ATTACKS, PolicyContext
 from arena.defenses import DEFENSES
 from arena.defenses.splitguard import _Running, splitguard_score
 from arena.models import build_model
-from arena.protocol import make_setup, total_steps, train
+from arena.protocol.train import make_setup, total_steps, train
 from arena.records import Scenario, TrainConfig
-from arena.runner import load_data
+from arena.run.runner import load_data
 from arena.seeding import seed_everything, torch_generator
-from arena.split import split
+from arena.protocol.split import split
 
 CFG = TrainConfig(epochs=5, batch_size=32, record_steps=2)  # 95 steps on 600 digits
 

@@ -7,19 +7,19 @@ import inspect
 import pytest
 import torch
 
-import arena.attacks._unsplit_core as core_mod
+import arena.attacks.unsplit_solver as core_mod
 import arena.attacks.unsplit as unsplit_mod
 import arena.attacks.unsplit_label as label_mod
 from arena.attacks import ATTACKS
 from arena.attacks.unsplit import InversionConfig, invert, total_variation
 from arena.models import build_model
-from arena.protocol import make_setup, train
+from arena.protocol.train import make_setup, train
 from arena.records import Capability, Scenario, TrainConfig
-from arena.runner import make_view
-from arena.scoring import score
+from arena.run.runner import make_view
+from arena.scoring.score import score
 from arena.seeding import seed_everything, torch_generator
-from arena.split import split
-from arena.view import CapabilityError
+from arena.protocol.split import split
+from arena.protocol.view import CapabilityError
 
 CFG = TrainConfig(epochs=3, batch_size=32, record_steps=1)
 
@@ -133,20 +133,22 @@ def test_attacks_work_on_their_view_alone(tiny_data, vanilla, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("an attack reached outside its ServerView")
 
-    import arena.protocol
-    import arena.runner
-    import arena.scoring
-    import arena.transcript
-    for mod, attr in [(arena.scoring, "score"), (arena.scoring, "clone_accuracy"), (arena.runner, "load_data"),
-                      (arena.protocol, "train"), (arena.protocol, "evaluate"),
-                      (arena.transcript.Truth, "inputs"), (arena.transcript.Truth, "labels")]:
+    import arena.protocol.train
+    import arena.protocol.transcript
+    import arena.run.runner
+    import arena.scoring.score
+    for mod, attr in [(arena.scoring.score, "score"), (arena.scoring.score, "clone_accuracy"),
+                      (arena.run.runner, "load_data"), (arena.protocol.train, "train"),
+                      (arena.protocol.train, "evaluate"), (arena.protocol.transcript.Truth, "inputs"),
+                      (arena.protocol.transcript.Truth, "labels")]:
         monkeypatch.setattr(mod, attr, forbidden)
     assert a.run(va, torch_generator(0, "a")).reconstructions.shape == (4, 1, 28, 28)
     assert len(b.run(vb, torch_generator(0, "b")).labels) == 32
     for mod in (unsplit_mod, core_mod, label_mod):  # nothing that holds the truth is even imported
         src = inspect.getsource(mod)
-        for name in ("scoring", "protocol", "runner", "transcript", "Truth", "load_data"):
+        for name in ("scoring", "protocol.train", "protocol.transcript", "run", "Truth", "load_data"):
             assert f"import {name}" not in src and f".{name} import" not in src, (mod.__name__, name)
+            assert f".{name}." not in src, (mod.__name__, name)
     with pytest.raises(CapabilityError):  # a view without the cut gradient cannot feed the realistic variant
         ATTACKS.create("unsplit-label", threat_model="realistic").run(vb, torch_generator(0, "c"))
 
@@ -176,7 +178,7 @@ def test_bad_parameters_are_clear_errors(name, params, needle):
 
 def test_matrix_runs_both_attacks_against_none_and_deeper_split(tmp_path):
     from arena.matrix import main
-    from arena.store import read_cells
+    from arena.run.store import read_cells
 
     spec = tmp_path / "u.toml"
     spec.write_text("""

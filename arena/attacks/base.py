@@ -15,7 +15,7 @@ import torch
 
 from ..records import AttackOutput, Capability
 from ..registry import Registry
-from ..view import ServerView
+from ..protocol.view import ServerView
 
 KINDS = ("inversion", "stealing", "label", "hijack", "baseline")
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..records import AttackOutput, Capability
-from ..view import ServerView
+from ..protocol.view import ServerView
 from .base import Attack, check_choice, register_attack
 
 

@@ -44,8 +44,8 @@ from torch import nn
 
 from ..records import AttackOutput, Capability
 from ..seeding import derive_seed
-from ..transcript import WINDOWS
-from ..view import ServerView
+from ..protocol.transcript import WINDOWS
+from ..protocol.view import ServerView
 from . import fsha_nets as nets
 from .base import (Attack, PolicyContext, check_choice, check_positive_float, check_positive_int,
                    register_attack)

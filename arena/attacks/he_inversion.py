@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..records import AttackOutput, Capability
-from ..view import ServerView
+from ..protocol.view import ServerView
 from .base import Attack, check_choice, check_positive_float, check_positive_int, register_attack
 
 WINDOWS = ("before", "after")

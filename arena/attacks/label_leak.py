@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..records import AttackOutput, Capability
-from ..view import ServerView
+from ..protocol.view import ServerView
 from .base import Attack, check_choice, check_positive_int, register_attack
 
 WINDOWS = ("before", "after")

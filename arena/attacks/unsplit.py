@@ -58,9 +58,9 @@ import torch
 from torch import nn
 
 from ..records import AttackOutput, Capability
-from ..view import ServerView
-from ._unsplit_core import (RESCALES, InversionConfig, InversionResult, default_lambda_tv, invert, rescale,
-                            total_variation)
+from ..protocol.view import ServerView
+from .unsplit_solver import (RESCALES, InversionConfig, InversionResult, default_lambda_tv, invert, rescale,
+                             total_variation)
 from .base import Attack, check_choice, check_positive_float, check_positive_int, register_attack
 
 __all__ = ["UnSplit", "InversionConfig", "InversionResult", "default_lambda_tv", "invert", "rescale",

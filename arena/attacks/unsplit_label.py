@@ -47,7 +47,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..records import AttackOutput, Capability
-from ..view import CapabilityError, ServerView
+from ..protocol.view import CapabilityError, ServerView
 from .base import Attack, check_choice, check_positive_int, register_attack
 
 THREAT_MODELS = ("paper", "realistic")

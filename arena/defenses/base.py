@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..protocol import SplitSetup
+from ..protocol.train import SplitSetup
 from ..records import SETUPS, Capability
 from ..registry import Registry
 

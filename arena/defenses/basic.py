@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from ..attacks.base import check_positive_int
-from ..cost import flops_per_sample
-from ..protocol import SplitSetup
-from ..split import split
+from ..protocol.cost import flops_per_sample
+from ..protocol.train import SplitSetup
+from ..protocol.split import split
 from .base import Defense, register_defense
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..attacks.base import check_positive_int
-from ..protocol import SplitSetup
+from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 
 

@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from ..attacks.base import check_choice, check_positive_float
-from ..privacy import ACCOUNTANTS, check_delta
-from ..protocol import SplitSetup
+from .privacy import ACCOUNTANTS, check_delta
+from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 from .noise import require_client_activations
 

@@ -15,7 +15,7 @@ later layer as its tail (LeNet: 4 layers) and its labels. The cell's cost record
 ``depth``, ``he_label_layers`` and ``he_server_layers``. The label-only setup (the server owns the
 inputs) cannot be defended this way: a clear error.
 
-What the server still sees, exactly (protocol.py puts these and nothing else in the transcript):
+What the server still sees, exactly (protocol/train.py puts these and nothing else in the transcript):
 - no plaintext smashed data (obs.smashed None: capability SMASHED is removed, so inversion
   attacks that need it are `blocked`), and not its own output (obs.server_out None, capability
   SERVER_OUT removed, so label attacks that simulate the label owner on it are `blocked`);
@@ -27,7 +27,7 @@ What the server still sees, exactly (protocol.py puts these and nothing else in 
 - the label owner's tail gradients as in any U-shaped run (TAIL_GRADIENTS);
 - from a vanilla scenario the labels no longer travel (LABELS removed too).
 What is simulated: the backward pass runs through a plaintext copy of the server's forward,
-which yields exactly the plaintext gradients listed above (arena/he_channel.py says how).
+which yields exactly the plaintext gradients listed above (arena/he/channel.py says how).
 
 Parameters: poly_modulus_degree (8192), coeff_mod_bit_sizes ([60, 40, 40, 60]), scale_bits (40:
 global scale 2^40; ~1e-7 error. The paper's [40, 21, 21, 21, 40] with 2^21 was measured at ~18%),
@@ -44,9 +44,9 @@ from typing import Any
 import torch
 
 from ..attacks.base import check_positive_int
-from ..he_channel import PACKINGS, HEChannel, _linear_of, describe_server
-from ..he_ckks import CKKSParams
-from ..protocol import SplitSetup
+from ..he.channel import PACKINGS, HEChannel, _linear_of, describe_server
+from ..he.ckks import CKKSParams
+from ..protocol.train import SplitSetup
 from ..records import Capability
 from .base import Defense, register_defense
 

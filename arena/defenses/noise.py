@@ -16,7 +16,7 @@ Mechanism, per example (the client side, inside the smash hook, before anything 
 N(0, scale²) or Laplace(0, scale) per coordinate, drawn from the hook's generator (the cell's seed).
 Gradients flow through both steps, so the client trains on what it actually sent.
 
-Privacy figures (`report()`), with the add/remove-one-example relation of `arena.privacy`
+Privacy figures (`report()`), with the add/remove-one-example relation of `arena.defenses.privacy`
 (sensitivity = clip; ε roughly doubles for the replace-one relation):
 
 - ``epsilon_release``: one release of one example's activation. Gaussian: the analytic Gaussian
@@ -55,9 +55,9 @@ from typing import Any
 import torch
 
 from ..attacks.base import check_choice, check_positive_float
-from ..privacy import (ACCOUNTANTS, analytic_gaussian_epsilon, check_delta, classic_gaussian_epsilon,
-                       composed_epsilon, releases_per_example)
-from ..protocol import SplitSetup
+from .privacy import (ACCOUNTANTS, analytic_gaussian_epsilon, check_delta, classic_gaussian_epsilon,
+                      composed_epsilon, releases_per_example)
+from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 
 DISTRIBUTIONS = ("gaussian", "laplace")

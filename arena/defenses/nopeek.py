@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..attacks.base import check_positive_float
-from ..protocol import SplitSetup
+from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 from .noise import require_client_activations
 

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..attacks.base import check_choice, check_positive_float, check_positive_int
-from ..protocol import SplitSetup
+from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 
 

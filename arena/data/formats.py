@@ -1,6 +1,6 @@
 """File-format readers, checksums and downloads for arena's datasets.
 
-Kept apart from :mod:`arena.data` (which decides *where* data comes from) so each reader can be
+Kept apart from :mod:`arena.data.sources` (which decides *where* data comes from) so each reader can be
 tested on tiny hand-written files: the readers validate structure only, and checksum checking is
 the separate :func:`check_md5`, because test files cannot match the canonical md5s.
 

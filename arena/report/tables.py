@@ -5,8 +5,8 @@ rerunning anything).
 Every figure is a mean over seeds with a 95% confidence interval (Student t); the number of seeds
 is a column of its own. Each attack is judged by one headline leakage metric chosen by its kind
 (`headline_metric`): SSIM for inversion, clone accuracy for stealing, label accuracy (else leak
-AUC) for label inference; higher always means more leakage. The figures are in `arena.plots`, the
-document (with the per-attack conclusions) in `arena.report_doc`.
+AUC) for label inference; higher always means more leakage. The figures are in `arena.report.plots`, the
+document (with the per-attack conclusions) in `arena.report.document`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .records import NOT_APPLICABLE, Cell, not_applicable
-from .store import read_cells
+from ..records import NOT_APPLICABLE, Cell, not_applicable
+from ..run.store import read_cells
 
 CELL_COLUMNS = ["dataset", "model", "depth", "setup", "attack", "attack_params", "defense", "defense_params"]
 HEADLINE = ["mse", "psnr", "ssim", "clone_acc", "label_acc", "leak_auc", "test_acc"]
@@ -43,8 +43,8 @@ def ci95(values: Sequence[float]) -> tuple[float, float]:
 
 def attack_kind(name: str) -> str | None:
     """The registered attack's kind (None if its module is not importable here)."""
-    from .attacks import ATTACKS
-    from .registry import UnknownNameError
+    from ..attacks import ATTACKS
+    from ..registry import UnknownNameError
 
     try:
         return getattr(ATTACKS.get(name), "kind", None)
@@ -203,7 +203,7 @@ def write_summary(out_dir: str | Path) -> str:
 
 def write_report(out_dir: str | Path) -> Path:
     """Write DIR/report.md, DIR/report.html and their figures from DIR/cells.jsonl; returns report.md."""
-    from .report_doc import build_report
+    from .document import build_report
 
     return build_report(Path(out_dir))
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(a.dir) / "cells.jsonl").exists():
         print(f"error: {a.dir} has no cells.jsonl; pass the --out folder of a matrix run", file=sys.stderr)
         return 2
-    from .plugins import PluginError, import_plugins
+    from ..run.plugins import PluginError, import_plugins
 
     try:
         import_plugins(a.plugin)

@@ -3,7 +3,7 @@
 A plugin is an ordinary Python module whose import runs ``@register_attack`` /
 ``@register_defense``. It is named either as an importable module (``my_pkg.my_defense``, found on
 ``sys.path``/``PYTHONPATH``) or as a path to a ``.py`` file. Parallel workers are fresh processes,
-so they import the same plugins again before running anything (see `arena.executors`).
+so they import the same plugins again before running anything (see `arena.run.executors`).
 Installed packages can instead expose an ``arena.attacks`` / ``arena.defenses`` entry point;
 those are loaded automatically (see `arena.registry`).
 """

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from .records import SCHEMA, Cell
+from ..records import SCHEMA, Cell
 
 CELLS = "cells.jsonl"
 MANIFEST = "manifest.json"
@@ -119,7 +119,7 @@ def package_versions() -> dict[str, str]:
 
 
 def code_version() -> str:
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     try:
         r = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty"],
                            capture_output=True, text=True, timeout=5)
@@ -127,6 +127,6 @@ def code_version() -> str:
             return r.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    from . import __version__
+    from .. import __version__
 
     return __version__

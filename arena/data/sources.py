@@ -29,11 +29,10 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from arena.datasets_io import (DataError, check_md5, download as _download, extract_cifar_tar,
-                               md5_bytes, md5_file, parse_idx, read_bytes, read_cifar_batch,
-                               read_cifar_meta)
-from arena.registry import Registry
-from arena.seeding import numpy_rng
+from .formats import (DataError, check_md5, download as _download, extract_cifar_tar, md5_bytes, md5_file,
+                      parse_idx, read_bytes, read_cifar_batch, read_cifar_meta)
+from ..registry import Registry
+from ..seeding import numpy_rng
 
 __all__ = ["DATASETS", "DataError", "Dataset", "RawData", "cache_dir", "load_dataset",
            "search_paths"]

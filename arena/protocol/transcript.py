@@ -52,7 +52,7 @@ class Transcript:
 
 @dataclass
 class Truth:
-    """Private inputs and labels by sample id. Only scoring.py reads this."""
+    """Private inputs and labels by sample id. Only arena.scoring reads this."""
 
     x: dict[int, torch.Tensor] = field(default_factory=dict)
     y: dict[int, int] = field(default_factory=dict)

@@ -29,10 +29,25 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-# modules that do not shape a training run (editing them must not invalidate the cache)
-NOT_TRAINING = {"matrix.py", "report.py", "report_doc.py", "report_html.py", "plots.py", "conclusions.py",
-                "executors.py", "ray_support.py", "progress.py", "plugins.py", "store.py", "model_cache.py",
-                "artifacts.py", "scoring.py", "metrics.py", "view.py", "__main__.py"}
+# What shapes a training run, by path under arena/ (a folder ends in "/"): editing one of these
+# invalidates the cache. NOT_TRAINING is what does not (attacks run after training; scoring, the view,
+# execution and reporting only read its result). Every module must match exactly one of the two
+# (tests/test_layout.py), so a new or moved file is a decision, not an accident of its name; a file
+# that matches neither counts as training (a needless retraining is safe, a stale model is not).
+TRAINING = ("__init__.py", "records.py", "registry.py", "seeding.py", "params.py", "data/", "models/",
+            "protocol/", "he/", "defenses/", "run/__init__.py", "run/config.py", "run/runner.py")
+NOT_TRAINING = ("attacks/", "scoring/", "report/", "matrix.py", "protocol/view.py", "run/executors.py",
+                "run/workers.py", "run/ray.py", "run/progress.py", "run/plugins.py", "run/store.py",
+                "run/model_cache.py", "run/artifacts.py")
+
+
+def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
+    return any(rel.startswith(p) if p.endswith("/") else rel == p for p in patterns)
+
+
+def shapes_training(rel: str) -> bool:
+    """Whether arena/<rel> (a POSIX path) is part of the code that trains a model."""
+    return not _matches(rel, NOT_TRAINING)
 
 
 @lru_cache(maxsize=None)
@@ -42,12 +57,11 @@ def _file_hash(path: str) -> str:
 
 @lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    root = Path(__file__).resolve().parent
-    files = sorted(p for p in root.rglob("*.py") if "attacks" not in p.relative_to(root).parts
-                   and p.name not in NOT_TRAINING)
+    root = Path(__file__).resolve().parents[1]  # arena/
+    files = sorted(p for p in root.rglob("*.py") if shapes_training(p.relative_to(root).as_posix()))
     h = hashlib.sha256()
     for p in files:
-        h.update(str(p.relative_to(root)).encode() + _file_hash(str(p)).encode())
+        h.update(p.relative_to(root).as_posix().encode() + _file_hash(str(p)).encode())
     return h.hexdigest()
 
 

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .channel import Channel
-from .he_ckks import CKKSClient, CKKSParams
-from .he_server import CKKSServer
+from ..protocol.channel import Channel
+from .ckks import CKKSClient, CKKSParams
+from .server import CKKSServer
 
 PACKINGS = ("batch", "batch-real", "sample")
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from . import metrics
-from .protocol import TrainResult, evaluate
-from .records import AttackOutput
+from ..protocol.train import TrainResult, evaluate
+from ..records import AttackOutput
 
 
 class ScoringError(ValueError):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from . import plots
 from .conclusions import ACC_BUDGET, conclude, overview
-from .report import _params, attack_kind, leakage_frame, summarize
-from .report_html import Block, to_html, to_markdown
-from .store import MANIFEST, read_cells
+from .tables import _params, attack_kind, leakage_frame, summarize
+from .html import Block, to_html, to_markdown
+from ..run.store import MANIFEST, read_cells
 
 MAX_GRIDS = 12  # per attack: one per defense setting (lowest seed), the main depth first
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import SETUPS, TrainConfig
+from ..records import SETUPS, TrainConfig
 
 
 class SpecError(ValueError):
@@ -84,7 +84,7 @@ class Experiment:
     source: str = ""
 
     def model_for(self, dataset: str) -> str:
-        from .models import default_model
+        from ..models import default_model
 
         return dict(self.models).get(dataset, default_model(dataset))
 

@@ -34,7 +34,7 @@ def _import_ray():
 def _local_paths() -> list[str]:
     """arena's folder and the sys.path folders a plugin may come from (not the interpreter's own)."""
     roots = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    out = [str(Path(__file__).resolve().parents[1])]
+    out = [str(Path(__file__).resolve().parents[2])]  # the folder that holds arena/
     for p in sys.path:
         path = Path(p or os.getcwd()).resolve()
         if path.is_dir() and "site-packages" not in path.parts and not any(r in path.parents or r == path
@@ -90,7 +90,7 @@ def _ray_group(gid: int, specs: list[CellSpec], opts: RunOptions, q) -> int:
 def run_ray(groups: list[list[CellSpec]], opts: RunOptions, workers: int, address: str | None,
             sink: Sink, progress: Progress | None) -> None:
     ray, Queue, Empty, started = connect(address, workers, opts)
-    if address:  # on the cluster a plugin file is a shipped module (ray_support): import it by name
+    if address:  # on the cluster a plugin file is a shipped module: import it by name
         import dataclasses
 
         opts = dataclasses.replace(opts, plugins=tuple(Path(p).stem if p.endswith(".py") else p

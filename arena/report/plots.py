@@ -228,7 +228,7 @@ def curves(summary, attack_label: str, label_of, path: Path) -> Path | None:
     datasets = list(dict.fromkeys(rows["dataset"]))
     fig, axes = plt.subplots(len(cols), len(datasets), figsize=(6.2 * len(datasets), 4.2 * len(cols)),
                              squeeze=False)
-    from .report import _params
+    from .tables import _params
 
     colors = _palette(sorted(set(summary["defense"])))
     styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D", "v", "P"]

@@ -17,18 +17,18 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .attacks import ATTACKS, Attack, PolicyContext
+from ..attacks import ATTACKS, Attack, PolicyContext
 from .config import Entry, Experiment, all_depths
-from .data import load_dataset
-from .defenses import DEFENSES, Defense
+from ..data.sources import load_dataset
+from ..defenses import DEFENSES, Defense
 from .model_cache import cache_key, cached_training
-from .models import build_model
-from .protocol import Data, TrainResult, make_setup, total_steps, train
-from .records import NOT_APPLICABLE, Capability, Cell, Scenario
-from .scoring import score
-from .seeding import numpy_rng, seed_everything, torch_generator
-from .split import SplitModel
-from .view import build_view
+from ..models import build_model
+from ..protocol.train import Data, TrainResult, make_setup, total_steps, train
+from ..records import NOT_APPLICABLE, Capability, Cell, Scenario
+from ..scoring.score import score
+from ..seeding import numpy_rng, seed_everything, torch_generator
+from ..protocol.split import SplitModel
+from ..protocol.view import build_view
 
 Progress = Callable[[str, int, int], None]
 
@@ -321,7 +321,7 @@ KNOWN_SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), 
 
 def validate_depths(specs: list[CellSpec]) -> None:
     """Raise one clear error for any impossible split depth, before any work starts."""
-    from .split import split as _split
+    from ..protocol.split import split as _split
 
     seen = set()
     for s in specs:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .records import Capability
+from ..records import Capability
 from .transcript import WINDOWS, Observation, Transcript
 
 _FIELD_CAPS = {

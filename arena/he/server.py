@@ -1,7 +1,7 @@
 """The server side of the `he` defense: evaluates its layers on batch-packed CKKS ciphertexts.
 
 It is built from the *public* context only (public, relinearisation and Galois keys). The
-packing and the matrix-product algorithm are described in arena/he_ckks.py.
+packing and the matrix-product algorithm are described in ckks.py.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .he_ckks import Wire, import_tenseal
+from .ckks import Wire, import_tenseal
 
 
 @dataclass

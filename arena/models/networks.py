@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .registry import Registry
+from ..registry import Registry
 
 ModelFactory = Callable[[tuple[int, int, int], int], nn.Sequential]
 MODELS: Registry[nn.Sequential] = Registry("model", entry_point_group="arena.models")
@@ -101,5 +101,3 @@ def glorot_init(module: nn.Module) -> nn.Module:
                 nn.init.zeros_(m.bias)
     return module
 
-
-from . import models_resnet  # noqa: E402,F401  (registers "fsha-resnet")

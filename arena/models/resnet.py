@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import MODELS, glorot_init
+from .networks import MODELS, glorot_init
 
 
 class FrozenStatsBN(nn.BatchNorm2d):

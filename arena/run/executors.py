@@ -1,4 +1,4 @@
-"""Run groups of cells (one training run each, see `arena.runner.groups`): serially, in local
+"""Run groups of cells (one training run each, see `arena.run.runner.groups`): serially, in local
 worker processes, or as Ray tasks.
 
 Every executor streams finished cells back to the parent, which alone appends them to
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .progress import Progress
-from .records import Cell
+from ..records import Cell
 from .runner import CellSpec, GroupContext, _cell, run_group
 
 Sink = Callable[[Cell, Any], None]  # (cell, worker id or None)
@@ -54,7 +54,7 @@ class RunOptions:
     out_dir: str | None = None
     plugins: tuple[str, ...] = ()
     threads: int | None = 1  # torch threads per worker; None: leave torch's default
-    model_cache: str | None = None  # folder of the trained-model cache (arena.model_cache); None: off
+    model_cache: str | None = None  # folder of the trained-model cache (arena.run.model_cache); None: off
 
 
 def _init_worker(opts: RunOptions, ignore_sigint: bool = True) -> None:
@@ -241,7 +241,7 @@ def execute(groups: list[list[CellSpec]], opts: RunOptions, sink: Sink, progress
     if executor not in EXECUTORS:
         raise ExecutorError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     if executor == "ray":
-        from .ray_support import run_ray
+        from .ray import run_ray
 
         run_ray(groups, opts, workers, address, sink, progress)
     elif executor == "process" and workers > 1 and len(groups) > 1:

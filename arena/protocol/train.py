@@ -2,7 +2,7 @@
 
 `SplitSetup` is the (possibly defended) protocol; `train()` runs it and returns the trained split
 model, the test accuracy (the cell's utility), the costs, and a `Transcript` of what the server
-observed in the first and the last recorded steps. Only `scoring.py` ever sees `Truth`.
+observed in the first and the last recorded steps. Only `arena.scoring` ever sees `Truth`.
 
 Defenses change the protocol only through the hooks of `SplitSetup` (they return a new setup):
 ``smash_hooks`` (client transforms its activations before sending: noise),
@@ -26,7 +26,7 @@ from torch import nn
 
 from .channel import Channel, PlainChannel
 from .cost import Stopwatch, flops_per_sample
-from .records import Capability, Scenario, TrainConfig
+from ..records import Capability, Scenario, TrainConfig
 from .split import SplitModel, split
 from .transcript import Observation, Transcript, Truth
 
