@@ -12,7 +12,8 @@ import torch
 
 from ..records import AttackOutput, Capability
 from ..protocol.view import ServerView
-from .base import Attack, check_choice, register_attack
+from ..params import check_choice
+from .base import Attack, register_attack
 
 
 @register_attack

@@ -47,8 +47,8 @@ from ..seeding import derive_seed
 from ..protocol.transcript import WINDOWS
 from ..protocol.view import ServerView
 from . import fsha_nets as nets
-from .base import (Attack, PolicyContext, check_choice, check_positive_float, check_positive_int,
-                   register_attack)
+from ..params import check_choice, check_positive_float, check_positive_int
+from .base import Attack, PolicyContext, register_attack
 
 
 def _int_list(name: str, value: Any) -> tuple[int, ...]:

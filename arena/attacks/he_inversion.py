@@ -34,7 +34,8 @@ from torch import nn
 
 from ..records import AttackOutput, Capability
 from ..protocol.view import ServerView
-from .base import Attack, check_choice, check_positive_float, check_positive_int, register_attack
+from ..params import check_choice, check_positive_float, check_positive_int
+from .base import Attack, register_attack
 
 WINDOWS = ("before", "after")
 

@@ -61,7 +61,8 @@ from ..records import AttackOutput, Capability
 from ..protocol.view import ServerView
 from .unsplit_solver import (RESCALES, InversionConfig, InversionResult, default_lambda_tv, invert, rescale,
                              total_variation)
-from .base import Attack, check_choice, check_positive_float, check_positive_int, register_attack
+from ..params import check_choice, check_positive_float, check_positive_int
+from .base import Attack, register_attack
 
 __all__ = ["UnSplit", "InversionConfig", "InversionResult", "default_lambda_tv", "invert", "rescale",
            "total_variation"]

@@ -48,7 +48,8 @@ from torch.func import functional_call, grad, vmap
 
 from ..records import AttackOutput, Capability
 from ..protocol.view import CapabilityError, ServerView
-from .base import Attack, check_choice, check_positive_int, register_attack
+from ..params import check_choice, check_positive_int
+from .base import Attack, register_attack
 
 THREAT_MODELS = ("paper", "realistic")
 COMPARE = ("all", "last", "first")

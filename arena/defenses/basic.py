@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..attacks.base import check_positive_int
+from ..params import check_positive_int
 from ..protocol.cost import flops_per_sample
 from ..protocol.train import SplitSetup
 from ..protocol.split import split

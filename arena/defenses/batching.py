@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..attacks.base import check_positive_int
+from ..params import check_positive_int
 from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 

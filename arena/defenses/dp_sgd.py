@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.base import check_choice, check_positive_float
+from ..params import check_choice, check_positive_float
 from .privacy import ACCOUNTANTS, check_delta
 from ..protocol.train import SplitSetup
 from .base import Defense, register_defense

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ..attacks.base import check_positive_int
+from ..params import check_positive_int
 from ..he.channel import PACKINGS, HEChannel, _linear_of, describe_server
 from ..he.ckks import CKKSParams
 from ..protocol.train import SplitSetup

@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from ..attacks.base import check_choice, check_positive_float
+from ..params import check_choice, check_positive_float
 from .privacy import (ACCOUNTANTS, analytic_gaussian_epsilon, check_delta, classic_gaussian_epsilon,
                       composed_epsilon, releases_per_example)
 from ..protocol.train import SplitSetup

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..attacks.base import check_positive_float
+from ..params import check_positive_float
 from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 from .noise import require_client_activations
