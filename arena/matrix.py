@@ -19,8 +19,9 @@ from .run.config import Experiment, SpecError, load_experiment, select, without_
 from .data.sources import DATASETS
 from .defenses import DEFENSES
 from .models import MODELS
-from .records import SETUPS, TrainConfig
-from .run.executors import EXECUTORS, ExecutorError, RunOptions, cpu_count, execute
+from .records import SETUPS
+from .run.executors import EXECUTORS, execute
+from .run.workers import ExecutorError, RunOptions, cpu_count
 from .run.plugins import PluginError, import_plugins
 from .run.progress import Progress
 from .registry import UnknownNameError

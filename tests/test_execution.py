@@ -258,7 +258,8 @@ def test_progress_bar_and_time_left():
 
 
 def test_attack_progress_reaches_the_matrix(env):
-    from arena.run.executors import RunOptions, execute
+    from arena.run.executors import execute
+    from arena.run.workers import RunOptions
     from arena.run.plugins import import_plugin
     from arena.run.runner import groups
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .executors import ExecutorError, RunOptions, Sink, _context, _init_worker, _throttled, _Tracker
+from .workers import ExecutorError, RunOptions, Sink, Tracker, group_context, init_worker, throttled
 from .progress import Progress
 from .runner import CellSpec, run_group
 
@@ -73,11 +73,11 @@ def _ray_group(gid: int, specs: list[CellSpec], opts: RunOptions, q) -> int:
     import shutil
     import tempfile
 
-    _init_worker(opts, ignore_sigint=False)
+    init_worker(opts, ignore_sigint=False)
     scratch = Path(tempfile.mkdtemp(prefix="arena-ray-"))
     try:
-        ctx = _context(dataclasses.replace(opts, out_dir=str(scratch)),
-                       _throttled(lambda m: q.put(("progress", gid, *m)), every=2.0))
+        ctx = group_context(dataclasses.replace(opts, out_dir=str(scratch)),
+                       throttled(lambda m: q.put(("progress", gid, *m)), every=2.0))
         for cell in run_group(specs, ctx):
             files = {rel: (scratch / rel).read_bytes() for rel in cell.artifacts.values() if (scratch / rel).is_file()}
             q.put(("cell", gid, gid, cell, files))
@@ -98,7 +98,7 @@ def run_ray(groups: list[list[CellSpec]], opts: RunOptions, workers: int, addres
     try:
         q = Queue()
         task = ray.remote(num_cpus=opts.threads or 1, max_retries=2)(_ray_group)
-        track = _Tracker(groups, sink, progress, opts.out_dir)
+        track = Tracker(groups, sink, progress, opts.out_dir)
         refs = {task.remote(gid, g, opts, q): gid for gid, g in enumerate(groups)}
         while track.pending:
             try:
