@@ -25,7 +25,8 @@ from .run.workers import ExecutorError, RunOptions, cpu_count
 from .run.plugins import PluginError, import_plugins
 from .run.progress import Progress
 from .registry import UnknownNameError
-from .report.tables import write_report, write_summary
+from .report.document import write_report
+from .report.tables import write_summary
 from .run.runner import groups, plan, validate_depths
 from .run.store import CellStore
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from arena.records import Cell
-from arena.report.tables import ci95, leakage_frame, main as report_main, summarize
+from arena.report.cli import main as report_main
+from arena.report.statistics import ci95
+from arena.report.tables import leakage_frame, summarize
 from arena.run.store import CELLS, CellStore, read_cells
 
 DEFENSES = [("none", {}), ("noise", {"sigma": 0.5}), ("noise", {"sigma": 2.0}), ("shield", {})]

@@ -1,6 +1,6 @@
 """`python -m arena.report DIR`: rebuild DIR's tables and report from its cells."""
 import sys
 
-from .tables import main
+from .cli import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import plots
 from .conclusions import ACC_BUDGET, conclude, overview
-from .tables import _params, attack_kind, leakage_frame, summarize
+from .tables import params_text, attack_kind, leakage_frame, summarize
 from .html import Block, to_html, to_markdown
 from ..run.store import MANIFEST, read_cells
 
@@ -78,7 +78,7 @@ def _how_to_read() -> list[Block]:
 
 
 def _attack_label(r) -> str:
-    return r["attack"] + _params(r["attack_params"])
+    return r["attack"] + params_text(r["attack_params"])
 
 
 def _grids(out: Path, cells) -> dict[tuple, str]:
@@ -88,8 +88,8 @@ def _grids(out: Path, cells) -> dict[tuple, str]:
         path = c.artifacts.get("grid") if c.status == "ok" else None
         if not path or not (out / path).exists():
             continue
-        k = (c.attack + _params(json.dumps(c.attack_params, sort_keys=True) if c.attack_params else ""),
-             c.dataset, c.depth, c.defense + _params(json.dumps(c.defense_params, sort_keys=True)
+        k = (c.attack + params_text(json.dumps(c.attack_params, sort_keys=True) if c.attack_params else ""),
+             c.dataset, c.depth, c.defense + params_text(json.dumps(c.defense_params, sort_keys=True)
                                                       if c.defense_params else ""))
         if k not in best or c.seed < best[k][0]:
             best[k] = (c.seed, path)
@@ -181,3 +181,8 @@ def _write(out: Path, blocks: list[Block]) -> Path:
     path = out / "report.md"
     _atomic_write(path, to_markdown(blocks))
     return path
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """Write DIR/report.md, DIR/report.html and their figures from DIR/cells.jsonl; returns report.md."""
+    return build_report(Path(out_dir))

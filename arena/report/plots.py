@@ -228,7 +228,7 @@ def curves(summary, attack_label: str, label_of, path: Path) -> Path | None:
     datasets = list(dict.fromkeys(rows["dataset"]))
     fig, axes = plt.subplots(len(cols), len(datasets), figsize=(6.2 * len(datasets), 4.2 * len(cols)),
                              squeeze=False)
-    from .tables import _params
+    from .tables import params_text
 
     colors = _palette(sorted(set(summary["defense"])))
     styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D", "v", "P"]
@@ -242,7 +242,7 @@ def curves(summary, attack_label: str, label_of, path: Path) -> Path | None:
                     continue
                 x, y, h = zip(*pts)
                 h = [v if v == v else 0.0 for v in h]
-                name = r["defense"] + _params(r["defense_params"]) + (f" d{r['depth']}" if len(depths) > 1 else "")
+                name = r["defense"] + params_text(r["defense_params"]) + (f" d{r['depth']}" if len(depths) > 1 else "")
                 ax.plot(x, y, marker=markers[depths.index(r["depth"]) % 6], ms=4, color=colors[r["defense"]],
                         ls=styles[settings[r["defense"]].index(r["defense_params"]) % 4], label=name)
                 ax.fill_between(x, [a - b for a, b in zip(y, h)], [a + b for a, b in zip(y, h)],

@@ -1,6 +1,5 @@
-"""Tables and the report derived from stored cells (`python -m arena.report DIR` rebuilds
-DIR/summary.csv, DIR/report.md, DIR/report.html and DIR/figures/ from DIR/cells.jsonl without
-rerunning anything).
+"""Tables derived from stored cells: the per-setting summary (summary.csv), the printed table and
+the leakage frame that the heatmaps, frontiers and conclusions read.
 
 Every figure is a mean over seeds with a 95% confidence interval (Student t); the number of seeds
 is a column of its own. Each attack is judged by one headline leakage metric chosen by its kind
@@ -10,37 +9,20 @@ document (with the per-attack conclusions) in `arena.report.document`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from ..records import NOT_APPLICABLE, Cell, not_applicable
 from ..run.store import read_cells
+from .statistics import ci95
 
 CELL_COLUMNS = ["dataset", "model", "depth", "setup", "attack", "attack_params", "defense", "defense_params"]
 HEADLINE = ["mse", "psnr", "ssim", "clone_acc", "label_acc", "leak_auc", "test_acc"]
 HEADLINE_BY_KIND = {"inversion": ("ssim",), "hijack": ("ssim",), "baseline": ("ssim",),
                     "stealing": ("clone_acc",), "label": ("label_acc", "leak_auc")}
 LEAKAGE = ("ssim", "clone_acc", "label_acc", "leak_auc")  # fallback order for unknown kinds
-# two-sided 95% t quantiles for small n; large n -> 1.96
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def ci95(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% CI); half-width is 0 for one value (shown as such)."""
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
-        return math.nan, math.nan
-    m = sum(v) / len(v)
-    if len(v) == 1:
-        return m, 0.0
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
-    return m, _T95.get(len(v) - 1, 1.96) * sd / math.sqrt(len(v))
-
-
 def attack_kind(name: str) -> str | None:
     """The registered attack's kind (None if its module is not importable here)."""
     from ..attacks import ATTACKS
@@ -142,7 +124,7 @@ def _short(s: str, n: int = 40) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _params(js: str) -> str:
+def params_text(js: str) -> str:
     if not js:
         return ""
     return "(" + ",".join(f"{k}={v}" for k, v in json.loads(js).items()) + ")"
@@ -180,8 +162,8 @@ def leakage_frame(summary):
                          if isinstance(r.get(c), float) and not math.isnan(r[c])), math.nan)
             rows.append({
                 "dataset": r["dataset"], "depth": int(r["depth"]), "setup": r["setup"], "attack": attack,
-                "attack_label": attack + _params(r["attack_params"]), "defense": r["defense"],
-                "defense_label": r["defense"] + _params(r["defense_params"]), "metric": metric,
+                "attack_label": attack + params_text(r["attack_params"]), "defense": r["defense"],
+                "defense_label": r["defense"] + params_text(r["defense_params"]), "metric": metric,
                 "value": v, "ci": r.get(f"{metric}_ci95", math.nan) if metric else math.nan,
                 "norm": min(max((v - chance) / (1 - chance), 0.0), 1.0) if v == v else math.nan,
                 "state": state, "n_seeds": int(r["n_seeds"]), "test_acc": r.get("test_acc", math.nan),
@@ -199,39 +181,3 @@ def write_summary(out_dir: str | Path) -> str:
         summary.to_csv(tmp, index=False)
         tmp.replace(out_dir / "summary.csv")
     return format_table(summary)
-
-
-def write_report(out_dir: str | Path) -> Path:
-    """Write DIR/report.md, DIR/report.html and their figures from DIR/cells.jsonl; returns report.md."""
-    from .document import build_report
-
-    return build_report(Path(out_dir))
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m arena.report",
-                                description="Rebuild summary.csv, report.md, report.html and figures/ from "
-                                            "DIR/cells.jsonl (nothing is rerun).")
-    p.add_argument("dir", help="a run folder written by python -m arena.matrix")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (so plugin attacks get their kind's headline metric)")
-    p.add_argument("--table-only", action="store_true", help="only summary.csv and the printed table")
-    a = p.parse_args(argv)
-    if not (Path(a.dir) / "cells.jsonl").exists():
-        print(f"error: {a.dir} has no cells.jsonl; pass the --out folder of a matrix run", file=sys.stderr)
-        return 2
-    from ..run.plugins import PluginError, import_plugins
-
-    try:
-        import_plugins(a.plugin)
-    except PluginError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(write_summary(a.dir))
-    if not a.table_only:
-        print(f"report: {write_report(a.dir)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
