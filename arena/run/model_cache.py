@@ -31,8 +31,8 @@ import torch
 
 # What shapes a training run, by path under arena/ (a folder ends in "/"): editing one of these
 # invalidates the cache. NOT_TRAINING is what does not (attacks run after training; scoring, the view,
-# execution and reporting only read its result). Every module must match exactly one of the two
-# (tests/test_layout.py), so a new or moved file is a decision, not an accident of its name; a file
+# execution and reporting only read its result; it wins over TRAINING). Every module must match one
+# of the two (tests/test_layout.py), so a new or moved file is a decision, not an accident of its name; a file
 # that matches neither counts as training (a needless retraining is safe, a stale model is not).
 TRAINING = ("__init__.py", "records.py", "registry.py", "seeding.py", "params.py", "data/", "models/",
             "protocol/", "he/", "defenses/", "run/__init__.py", "run/config.py", "run/runner.py")
