@@ -15,8 +15,8 @@ from pathlib import Path
 
 from . import __version__
 from .attacks import ATTACKS
-from .run.config import Experiment, SpecError, load_experiment, select, without_entry_limits
-from .data.sources import DATASETS
+from .run.config import Experiment, SpecError, check_deny, load_experiment, select, without_entry_limits
+from .data.sources import DATASETS, load_dataset
 from .defenses import DEFENSES
 from .models import MODELS
 from .records import SETUPS
@@ -27,8 +27,8 @@ from .run.progress import Progress
 from .registry import UnknownNameError
 from .report.document import write_report
 from .report.tables import write_summary
-from .run.runner import groups, plan, validate_depths
-from .run.store import CellStore
+from .run.runner import effective_n_train, groups, plan, validate_depths
+from .run.store import CellStore, read_cells
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = "quick"
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--n-train", type=int, help="private training samples per run")
     sel.add_argument("--n-test", type=int, help="test samples for utility and clone accuracy")
     sel.add_argument("--epochs", type=float, help="training epochs of the split model")
+    sel.add_argument("--deny", nargs="+", metavar="CAP",
+                     help="threat model: capabilities no attack is granted (e.g. client_weights query aux_data); "
+                          "cells whose attack needs one are blocked with that reason (adds to [threat] deny)")
     p.add_argument("--out", type=Path, help="output folder (default: results/<experiment name>)")
     p.add_argument("--data-dir", help="folder with the dataset files (else $ARENA_DATA, the cache, system "
                                       "locations, then a download)")
@@ -135,6 +138,8 @@ def apply_overrides(exp: Experiment, a: argparse.Namespace) -> Experiment:
         changes["n_test"] = a.n_test
     if a.epochs:
         changes["train"] = dataclasses.replace(exp.train, epochs=a.epochs)
+    if a.deny:
+        changes["deny"] = check_deny([*exp.deny, *a.deny])
     # a command-line --depths/--datasets replaces the entries' own depths/datasets too
     changes["attacks"] = without_entry_limits(select(exp.attacks, a.attacks), bool(a.depths), bool(a.datasets))
     changes["defenses"] = without_entry_limits(select(exp.defenses, a.defenses), bool(a.depths), bool(a.datasets))
@@ -197,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             print(s.label())
         print(f"{len(specs)} cells -> {out} ({len(groups(specs))} training runs)")
         return 0
+    try:
+        check_data(exp, a.data_dir, a.quiet)
+    except Exception as e:  # noqa: BLE001 - any unreadable dataset stops the run before any work
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     store = CellStore(out)
     spec = {"experiment": exp.to_json(), "device": a.device, "data_dir": a.data_dir, "executor": executor,
             "workers": workers, "threads": threads, "plugins": list(plugins)}
@@ -233,14 +243,33 @@ def main(argv: list[str] | None = None) -> int:
     progress.close()
     print(write_summary(out))
     print(f"\ncells: {out / 'cells.jsonl'}   summary: {out / 'summary.csv'}")
+    status = 0
     if not a.no_report:
         try:
             print(f"report: {write_report(out)}")
         except Exception as e:  # noqa: BLE001 - the cells are safe; the report can be rebuilt
             print(f"error: the report failed ({type(e).__name__}: {e}); the cells are complete, rebuild it with "
                   f"python -m arena.report {out}", file=sys.stderr)
-            return 1
-    return 0
+            status = 1
+    planned = {s.key for s in specs}
+    failed = [c for c in read_cells(out) if c.key in planned and c.status == "error"]
+    if failed:
+        first = failed[0].error.splitlines()[0] if failed[0].error else "?"
+        print(f"\n{len(failed)} of {len(specs)} cells failed (first: {failed[0].attack} vs {failed[0].defense}: "
+              f"{first}); their errors are in {out / 'cells.jsonl'}. Rerun them with the same command plus "
+              f"--retry-errors", file=sys.stderr)
+        status = 1
+    return status
+
+
+def check_data(exp: Experiment, data_dir: str | None, quiet: bool) -> None:
+    """Load every dataset once before any work: a missing or corrupt file, or an auxiliary set that
+    leaves no training data, is an error now rather than an error cell later."""
+    for name in exp.datasets:
+        if not quiet:
+            print(f"checking {name} ...", file=sys.stderr)
+        ds = load_dataset(name, data_dir=data_dir)
+        effective_n_train(len(ds.x_train), exp.n_train, exp.n_aux, name)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-SCHEMA = 1
+# 2: cells record the split that ran (`effective`), the capabilities granted to the attack (`granted`);
+# test accuracy is the deployed pipeline's; "not evaluated" reasons; ids in attack outputs are opaque.
+SCHEMA = 2
 
 STATUSES = ("ok", "blocked", "error")
 SETUPS = ("vanilla", "label-only", "u-shaped")
@@ -32,6 +34,12 @@ SETUPS = ("vanilla", "label-only", "u-shaped")
 # Reason prefix of a blocked cell whose defense is not defined for its setup (as opposed to one
 # whose defense removes a capability the attack needs); the report tells the two apart.
 NOT_APPLICABLE = "not applicable: "
+# Reason prefix of a blocked cell whose attack needs a quantity the defense does not send in plaintext
+# but that the server can still rebuild from what it sees (HE's dL/dW gives back the activations),
+# while no attack that rebuilds it ran: the defense is *not* credited, the cell is simply not evaluated.
+NOT_EVALUATED = "not evaluated: "
+# Reason prefix of a blocked cell whose attack needs an assumption the experiment denies ([threat] deny).
+DENIED = "denied by the threat model: "
 
 
 def not_applicable(reason: str | None) -> bool:
@@ -57,6 +65,7 @@ class Capability(str, enum.Enum):
     CLIENT_WEIGHTS = "client_weights"  # white-box: the client part's trained weights
     TRAIN_DATA = "train_data"  # He et al.'s "known training set": the private training samples, minus every observed target
     KNOWN_LABELS = "known_labels"  # Li et al.'s known examples: the labels of a few observed samples per class
+    SAMPLE_IDS = "sample_ids"  # the server can link releases of one example (vertical SL: aligned sample ids)
 
     def __str__(self) -> str:
         return self.value
@@ -172,6 +181,9 @@ class Cell:
     reason: str | None = None  # why a cell is blocked
     label_layers: int = 1
     artifacts: dict[str, str] = field(default_factory=dict)  # relative paths (image grids)
+    # the split that actually ran ({"depth", "setup", "label_layers"}): a defense may move the cut (he)
+    effective: dict[str, Any] = field(default_factory=dict)
+    granted: list[str] = field(default_factory=list)  # capabilities the attack was given (its threat model)
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:

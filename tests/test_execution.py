@@ -204,7 +204,7 @@ def test_workers_identical_to_serial_and_failures_are_error_cells(env, serial):
     both are `error` cells with their reason, the run goes on with fresh workers, and the cells
     computed by workers (some sent just before their worker died) equal the serial run's."""
     out = env / "workers"
-    assert main(_args(env, out, "--workers", "2", "--attacks", "test-boom", "test-fingerprint", "test-die")) == 0
+    assert main(_args(env, out, "--workers", "2", "--attacks", "test-boom", "test-fingerprint", "test-die")) == 1  # error cells: a non-zero exit
     cells = read_cells(out)
     assert len(cells) == 3 * N_CELLS == len(_lines(out))
     by = {(c.attack, c.defense, c.seed): c for c in cells}

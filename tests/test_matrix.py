@@ -119,9 +119,11 @@ def test_bad_attack_parameter_fails_before_work(tmp_path, capsys):
     assert "value must be one of" in capsys.readouterr().err
 
 
-def test_deeper_split_past_the_model_is_an_error_cell(spec, tmp_path):
+def test_deeper_split_past_the_model_is_an_error_cell(spec, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["-e", str(spec), "--out", str(out), "-q", "--depths", "8"]) == 0
+    assert main(["-e", str(spec), "--out", str(out), "-q", "--depths", "8"]) == 1  # a failed cell: non-zero exit
+    err = capsys.readouterr().err
+    assert "1 of 3 cells failed" in err and "--retry-errors" in err
     by_k = {d["defense_params"].get("k", 0): d for d in _lines(out)}
     assert by_k[0]["status"] == "ok"
     assert by_k[2]["status"] == "error" and "valid depths are" in by_k[2]["error"]

@@ -51,7 +51,7 @@ class PolicyContext:
     input_shape: tuple[int, int, int]
     num_classes: int
     client_arch: Callable[[], torch.nn.Sequential]
-    aux: tuple[torch.Tensor, torch.Tensor]
+    aux: tuple[torch.Tensor, torch.Tensor] | None  # only when the attack declared AUX_DATA
     generator: torch.Generator
     device: str
     total_steps: int

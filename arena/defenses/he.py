@@ -16,14 +16,17 @@ later layer as its tail (LeNet: 4 layers) and its labels. The cell's cost record
 inputs) cannot be defended this way: a clear error.
 
 What the server still sees, exactly (protocol/train.py puts these and nothing else in the transcript):
-- no plaintext smashed data (obs.smashed None: capability SMASHED is removed, so inversion
-  attacks that need it are `blocked`), and not its own output (obs.server_out None, capability
-  SERVER_OUT removed, so label attacks that simulate the label owner on it are `blocked`);
+- no plaintext smashed data (obs.smashed None), and not its own output (obs.server_out None,
+  capability SERVER_OUT removed, so label attacks that simulate the label owner on it are `blocked`);
 - the cut gradient g_h = dL/dh the client returns (obs.cut_grad, capability CUT_GRADIENT), and,
   with ``train_server`` (default), its layer's gradients dL/dW = g_h^T a and dL/db sent in
   plaintext (obs.server_grads, with CUT_GRADIENT). Together they pin down a batch's activations a
-  by least squares when the batch is no larger than the layer's outputs: the matrix should be
-  read with that in mind. ``train_server=False`` freezes the server layer and sends no dL/dW;
+  by least squares when the batch is no larger than the layer's outputs. So with ``train_server``
+  SMASHED is *not* removed: it is `derivable` (the server rebuilds it), and an inversion cell that
+  needs it is "not evaluated" until an attack rebuilds the activations from the view — never
+  `blocked`, never a defense that works. ``train_server=False`` freezes the server layer and sends no
+  dL/dW: then SMASHED is removed and those cells are `blocked`, correctly;
+- no answer to a query in plaintext (QUERY removed: the client's output is ciphertext);
 - the label owner's tail gradients as in any U-shaped run (TAIL_GRADIENTS);
 - from a vanilla scenario the labels no longer travel (LABELS removed too).
 What is simulated: the backward pass runs through a plaintext copy of the server's forward,
@@ -70,7 +73,8 @@ def he_layout(model: torch.nn.Sequential, depth: int, server_layers: int) -> tup
 class HomomorphicEncryption(Defense):
     name = "he"
     setups = ("vanilla", "u-shaped")
-    removes = frozenset({Capability.SMASHED, Capability.SERVER_OUT})  # and LABELS in the vanilla setup
+    # and SMASHED when the server layer is frozen, LABELS in the vanilla setup (see apply)
+    removes = frozenset({Capability.SERVER_OUT, Capability.QUERY})
     paper = "Khan et al. 2023, Split Ways / Split Without a Leak (U-shaped SL on CKKS-encrypted activations)"
 
     def __init__(self, poly_modulus_degree: int = 8192, coeff_mod_bit_sizes: Any = (60, 40, 40, 60),
@@ -108,14 +112,21 @@ class HomomorphicEncryption(Defense):
             for layer in list(model)[start:start + self.server_layers]:
                 for p in layer.parameters():
                     p.requires_grad_(False)
-        removes = {Capability.SMASHED, Capability.SERVER_OUT} | ({Capability.LABELS} if sc.setup == "vanilla" else set())
+        removes = {Capability.SERVER_OUT, Capability.QUERY} | ({Capability.LABELS} if sc.setup == "vanilla" else set())
+        derivable: tuple[tuple[Capability, str], ...] = ()
+        if self.train_server:  # dL/dW = g_h^T a and g_h in plaintext give back the activations a
+            derivable = ((Capability.SMASHED, "with train_server=true the server receives g_h and dL/dW = g_h^T a "
+                          "in plaintext, which give back the batch's activations by least squares"),)
+        else:
+            removes.add(Capability.SMASHED)
         self._layout = {"depth": depth, "he_server_layers": [start, start + self.server_layers - 1],
                         "he_label_layers": tail, "he_setup": "u-shaped",
                         "he_samples_per_ciphertext": self.channel.samples_per_ciphertext,
                         "he_levels": self.channel.plan["depth"],
                         "he_public_context_bytes": self.channel.public_context_bytes}
         return setup.replace(scenario=dataclasses.replace(sc, setup="u-shaped", label_layers=tail), depth=depth,
-                             model=model, channel=self.channel, removes=setup.removes | frozenset(removes))
+                             model=model, channel=self.channel, removes=setup.removes | frozenset(removes),
+                             derivable=setup.derivable + derivable)
 
     def report(self) -> dict[str, Any]:
         out = {"he_packing": self.packing, "he_poly_modulus_degree": self.ckks.poly_modulus_degree,

@@ -9,7 +9,15 @@ Defenses change the protocol only through the hooks of `SplitSetup` (they return
 ``client_loss_terms`` (extra client-side loss: NoPeek), ``cut_grad_hooks`` (label owner transforms
 the gradient it returns), ``wrap_client`` (DP-SGD replaces the client's optimiser/loader),
 ``channel`` (the wire: plain or encrypted), ``label_batch`` (how many examples the label owner
-aggregates before its parameter gradients can be observed).
+aggregates before its parameter gradients can be observed), ``inference_hooks`` (what the client
+does to its activations at test time: by default exactly what it sends during training, so the
+cell's test accuracy is the deployed pipeline's), ``derivable`` (quantities not sent in plaintext
+that the server can still rebuild from what it sees: not granted, not removed either).
+
+Randomness: the data order comes from the training generator; the defense's draws (noise on the
+activations or on returned gradients) from a generator derived from it under another name, and
+the test-time draws from a third. A defense therefore never shifts the data order, so a defended
+run and the undefended run of the same scenario see the same batches (a paired comparison).
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from torch import nn
 from .channel import Channel, PlainChannel
 from .cost import Stopwatch, flops_per_sample
 from ..records import Capability, Scenario, TrainConfig
+from ..seeding import derive_seed
 from .split import SplitModel, split
 from .transcript import Observation, Transcript, Truth
 
@@ -63,7 +72,7 @@ SETUP_CAPABILITIES: dict[str, frozenset[Capability]] = {
 }
 # Threat-model assumptions an attack may ask for (they are not protocol messages).
 GRANTABLE_EXTRAS = frozenset({Capability.AUX_DATA, Capability.QUERY, Capability.CLIENT_WEIGHTS,
-                              Capability.TRAIN_DATA, Capability.KNOWN_LABELS})
+                              Capability.TRAIN_DATA, Capability.KNOWN_LABELS, Capability.SAMPLE_IDS})
 
 
 @dataclass
@@ -98,6 +107,10 @@ class SplitSetup:
     removes: frozenset[Capability] = frozenset()
     train_config: TrainConfig | None = None  # overrides scenario.train when a defense must
     client_monitor: ClientMonitor | None = None  # splitguard; None: the plain protocol
+    # the client's activation transform at test time; None: the smash hooks (what it really sends)
+    inference_hooks: tuple[SmashHook, ...] | None = None
+    # (capability, how the server rebuilds it): not sent in plaintext, yet not removed
+    derivable: tuple[tuple[Capability, str], ...] = ()
 
     @property
     def config(self) -> TrainConfig:
@@ -111,7 +124,14 @@ class SplitSetup:
         return split(self.model, self.depth, self.label_layers)
 
     def capabilities(self) -> frozenset[Capability]:
-        return (SETUP_CAPABILITIES[self.scenario.setup] | GRANTABLE_EXTRAS) - self.removes
+        """What the server is handed in this protocol (derivable quantities are not handed over)."""
+        return (SETUP_CAPABILITIES[self.scenario.setup] | GRANTABLE_EXTRAS) - self.removes - self.derived()
+
+    def derived(self) -> frozenset[Capability]:
+        return frozenset(c for c, _ in self.derivable)
+
+    def test_hooks(self) -> tuple[SmashHook, ...]:
+        return self.smash_hooks if self.inference_hooks is None else self.inference_hooks
 
     def replace(self, **changes: Any) -> "SplitSetup":
         return dataclasses.replace(self, **changes)
@@ -142,6 +162,13 @@ def _adam(params: Iterable[torch.Tensor], lr: float, amsgrad: bool = True) -> to
     return torch.optim.Adam(list(params), lr=lr, amsgrad=amsgrad)
 
 
+def derived_generator(gen: torch.Generator, name: str) -> torch.Generator:
+    """An independent stream named ``name``, seeded from ``gen``'s seed (``gen`` is not advanced)."""
+    g = torch.Generator(device=gen.device)
+    g.manual_seed(derive_seed(gen.initial_seed(), name))
+    return g
+
+
 def total_steps(n_train: int, cfg: TrainConfig) -> int:
     steps = math.ceil(cfg.epochs * math.ceil(n_train / cfg.batch_size))
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
@@ -150,8 +177,11 @@ def total_steps(n_train: int, cfg: TrainConfig) -> int:
 def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cpu",
           policy: ServerPolicy | None = None, progress: Callable[[int, int], None] | None = None
           ) -> TrainResult:
-    """Run split training; returns the trained model, transcript, truth, utility and costs."""
+    """Run split training; returns the trained model, transcript, truth, utility and costs.
+
+    ``gen`` draws the data order only; the defense's draws come from a stream derived from it."""
     sc, cfg = setup.scenario, setup.config
+    defense_gen = derived_generator(gen, "defense")
     # train a copy: the setup (and its initial weights) stays as it was
     sm = split(copy.deepcopy(setup.model), setup.depth, setup.label_layers).to(device)
     owner = sc.setup  # who holds what
@@ -183,7 +213,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
             window = record_at.get(step)
             if window == "before" and server_before is None:
                 server_before = copy.deepcopy(sm.server)
-            obs = _step(setup, sm, client, x, y, gen, watch, policy, step, window is not None)
+            obs = _step(setup, sm, client, x, y, defense_gen, watch, policy, step, window is not None)
             for opt in (client_opt, server_opt, tail_opt):
                 if opt is not None:
                     opt.step()
@@ -207,7 +237,8 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
             o.ids, o.step = idx, s
             transcript.windows["after"].append(o)
             truth.add(idx, data.x_train[idx], data.y_train[idx])
-    test_acc = evaluate(sm, data.x_test, data.y_test, device)
+    test_acc = evaluate(sm, data.x_test, data.y_test, device,
+                        transform=deployed_transform(setup.test_hooks(), derived_generator(gen, "test")))
     cost = _costs(setup, sm, data, watch, step)  # steps run (fewer if a monitor stopped training)
     return TrainResult(sm, transcript, truth, test_acc, cost, server_before or copy.deepcopy(sm.server))
 
@@ -298,11 +329,30 @@ def tail_gradients(tail: nn.Module, h: torch.Tensor, y: torch.Tensor, group: int
     return out
 
 
+def deployed_transform(hooks: tuple[SmashHook, ...], gen: torch.Generator
+                       ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The client's activation transform at inference (None: it sends its activations as they are)."""
+    if not hooks:
+        return None
+
+    def transform(a: torch.Tensor) -> torch.Tensor:
+        for hook in hooks:
+            a = hook(a, gen)
+        return a
+
+    return transform
+
+
 @torch.no_grad()
 def evaluate(sm: SplitModel | nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "cpu",
-             batch: int = 1000) -> float:
-    """Test accuracy of a split model (or any module) on (x, y)."""
-    fwd = sm.forward if isinstance(sm, SplitModel) else sm
+             batch: int = 1000, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Test accuracy of a split model (or any module) on (x, y). ``transform``: what the client does
+    to its activations before sending them (a defense's test-time behaviour), split models only."""
+    if transform is not None and isinstance(sm, SplitModel):
+        def fwd(v: torch.Tensor) -> torch.Tensor:
+            return sm.tail(sm.server(transform(sm.client(v))))
+    else:
+        fwd = sm.forward if isinstance(sm, SplitModel) else sm
     mods = sm.modules() if isinstance(sm, SplitModel) else [sm]
     modes = [m.training for m in mods]
     for m in mods:

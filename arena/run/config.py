@@ -26,6 +26,9 @@ A spec file looks like::
     [[defenses]]
     name = "deeper-split"
     grid = { k = [1, 2] }
+
+    [threat]              # optional: assumptions this experiment does not grant any attack
+    deny = ["client_weights", "query"]   # cells whose attack needs one are `blocked`, with that reason
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import SETUPS, TrainConfig
+from ..records import SETUPS, Capability, TrainConfig
 
 
 class SpecError(ValueError):
@@ -81,6 +84,7 @@ class Experiment:
     train: TrainConfig = field(default_factory=TrainConfig)
     attacks: tuple[Entry, ...] = ()
     defenses: tuple[Entry, ...] = (Entry("none"),)
+    deny: tuple[str, ...] = ()  # capability values no attack is granted ([threat] deny, --deny)
     source: str = ""
 
     def model_for(self, dataset: str) -> str:
@@ -144,11 +148,18 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def experiment_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Experiment:
-    unknown = set(raw) - {"experiment", "train", "attacks", "defenses"}
+    unknown = set(raw) - {"experiment", "train", "attacks", "defenses", "threat"}
     if unknown:
-        raise SpecError(f"{where}: unknown tables {sorted(unknown)}; use experiment, train, attacks, defenses")
+        raise SpecError(f"{where}: unknown tables {sorted(unknown)}; use experiment, train, attacks, defenses, threat")
+    threat = dict(raw.get("threat", {}))
+    if set(threat) - {"deny"}:
+        raise SpecError(f"{where}: unknown [threat] keys {sorted(set(threat) - {'deny'})}; known: deny")
+    try:
+        deny = check_deny(threat.get("deny", []))
+    except ValueError as e:
+        raise SpecError(f"{where}: [threat] {e}") from None
     exp = dict(raw.get("experiment", {}))
-    fields = {f.name for f in dataclasses.fields(Experiment)} - {"train", "attacks", "defenses", "source"}
+    fields = {f.name for f in dataclasses.fields(Experiment)} - {"train", "attacks", "defenses", "source", "deny"}
     bad = set(exp) - fields
     if bad:
         raise SpecError(f"{where}: unknown [experiment] keys {sorted(bad)}; known: {sorted(fields)}")
@@ -181,7 +192,19 @@ def experiment_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Experime
         if e.datasets is not None and not set(e.datasets) <= set(known):
             raise SpecError(f"{where}: {e.name!r} lists datasets {sorted(set(e.datasets) - set(known))} that "
                             f"[experiment] datasets ({', '.join(known)}) does not")
-    return Experiment(**kw, train=train, attacks=attacks, defenses=defenses, source=where)
+    return Experiment(**kw, train=train, attacks=attacks, defenses=defenses, deny=deny, source=where)
+
+
+def check_deny(names: Any) -> tuple[str, ...]:
+    """Denied capabilities as sorted values; a clear error for anything that is not one."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"deny must be a list of capability names, got {names!r}")
+    known = {c.value for c in Capability}
+    bad = [n for n in names if n not in known or n == Capability.ARCHITECTURE.value]
+    if bad:
+        raise ValueError(f"cannot deny {bad}: deny takes capability names other than architecture: "
+                         f"{', '.join(sorted(known - {Capability.ARCHITECTURE.value}))}")
+    return tuple(sorted(set(names)))
 
 
 def all_depths(exp: Experiment) -> tuple[int, ...]:

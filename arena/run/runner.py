@@ -1,8 +1,14 @@
 """Plan cells and run them: one training run per (scenario, defense, seed), every honest attack on it.
 
 Only a malicious attack (one with a server policy) needs a training run of its own. Blocked cells
-(the defense removes a capability the attack requires) are decided up front, never by catching
-exceptions, and cost no training.
+are decided up front, never by catching exceptions, and cost no training: the defense removes a
+capability the attack requires, or does not apply to the setup, or the experiment's threat model
+denies an assumption the attack needs, or the attack needs a quantity the defended protocol does
+not send in plaintext but the server could rebuild ("not evaluated": no credit to the defense).
+
+Every cell records the split that actually ran (a defense may move the cut) and the capabilities
+its attack was granted. Attacks see opaque per-release handles instead of sample ids unless they
+declare SAMPLE_IDS; the runner maps their outputs back before scoring.
 """
 from __future__ import annotations
 
@@ -23,8 +29,9 @@ from ..data.sources import load_dataset
 from ..defenses import DEFENSES, Defense
 from .model_cache import cache_key, cached_training
 from ..models import build_model
-from ..protocol.train import Data, TrainResult, make_setup, total_steps, train
-from ..records import NOT_APPLICABLE, Capability, Cell, Scenario
+from ..protocol.train import Data, TrainResult, deployed_transform, make_setup, total_steps, train
+from ..protocol.transcript import Transcript
+from ..records import DENIED, NOT_APPLICABLE, NOT_EVALUATED, Capability, Cell, Scenario
 from ..scoring.score import score
 from ..seeding import numpy_rng, seed_everything, torch_generator
 from ..protocol.split import SplitModel
@@ -39,12 +46,15 @@ class CellSpec:
     attack: Entry
     defense: Entry
     n_aux: int = 1000
+    deny: tuple[str, ...] = ()  # capabilities the experiment's threat model denies (sorted values)
 
     def _ident(self, with_attack: bool) -> str:
         d: dict[str, Any] = {"scenario": self.scenario.key(), "defense": [self.defense.name, self.defense.params],
                              "n_aux": self.n_aux}
         if with_attack:
             d["attack"] = [self.attack.name, self.attack.params]
+            if self.deny:  # a denial changes what the attack may use, not the training run
+                d["deny"] = list(self.deny)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
@@ -87,7 +97,7 @@ def plan(exp: Experiment) -> list[CellSpec]:
                         sc = Scenario(dataset=dataset, model=a.model or exp.model_for(dataset), depth=depth, setup=setup,
                                       seed=seed, n_train=exp.n_train, n_test=exp.n_test,
                                       label_layers=a.label_layers or exp.label_layers, train=exp.train)
-                        specs.append(CellSpec(sc, a, d, exp.n_aux))
+                        specs.append(CellSpec(sc, a, d, exp.n_aux, exp.deny))
     return specs
 
 
@@ -100,22 +110,26 @@ def groups(specs: list[CellSpec]) -> list[list[CellSpec]]:
     return list(out.values())
 
 
+def effective_n_train(n: int, n_train: int | None, n_aux: int, dataset: str = "the dataset") -> int:
+    """Private training samples actually used: ``n_train`` (None: all), at most what the training
+    split holds once the disjoint auxiliary set is set aside. Raises if nothing would be left."""
+    if n_aux >= n:
+        raise ValueError(f"n_aux={n_aux} leaves no training sample of {dataset}'s {n}: lower n_aux")
+    return min(n if n_train is None else n_train, n - n_aux)
+
+
 def load_data(sc: Scenario, n_aux: int, data_dir: str | None) -> Data:
-    """The private training subset, a disjoint auxiliary subset and the test subset, by seed."""
+    """The private training subset, a disjoint auxiliary subset (both from the training split) and
+    the test subset, by seed. Private, auxiliary and test data never overlap: a dataset with fewer
+    training samples than ``n_train + n_aux`` trains on what is left after the auxiliary set."""
     ds = load_dataset(sc.dataset, data_dir=data_dir, seed=sc.seed)
     n = len(ds.x_train)
     rng = numpy_rng(sc.seed, sc.dataset, "split")
     perm = rng.permutation(n)
-    n_train = n if sc.n_train is None else sc.n_train
-    if n_train > n:
-        raise ValueError(f"n_train={n_train} but {sc.dataset} has {n} training samples")
+    n_train = effective_n_train(n, sc.n_train, n_aux, sc.dataset)
     train_idx = torch.as_tensor(sorted(perm[:n_train]))
-    rest = perm[n_train:]
-    if len(rest) >= n_aux:
-        aux_idx = torch.as_tensor(sorted(rest[:n_aux]))
-        x_aux, y_aux = ds.x_train[aux_idx], ds.y_train[aux_idx]
-    else:  # no training sample left over: auxiliary data from the test split's far end
-        x_aux, y_aux = ds.x_test[-n_aux:], ds.y_test[-n_aux:]
+    aux_idx = torch.as_tensor(sorted(perm[n - n_aux:]))  # the far end: disjoint whatever n_train is
+    x_aux, y_aux = ds.x_train[aux_idx], ds.y_train[aux_idx]
     n_test = len(ds.x_test) if sc.n_test is None else min(sc.n_test, len(ds.x_test))
     test_idx = torch.as_tensor(sorted(numpy_rng(sc.seed, sc.dataset, "test").permutation(len(ds.x_test))[:n_test]))
     return Data(ds.x_train[train_idx], ds.y_train[train_idx], ds.x_test[test_idx], ds.y_test[test_idx],
@@ -149,31 +163,33 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
         for s in specs:
             yield _cell(s, "error", error=_err(e), wall_s=time.perf_counter() - t0)
         return
-    caps = defended.capabilities()
+    eff = {"depth": defended.depth, "setup": defended.scenario.setup, "label_layers": defended.label_layers,
+           "n_train": len(data.x_train)}
     runnable = []
     for s, a in zip(specs, attacks):
-        missing = a.requires - caps
-        if sc.setup not in defense.setups:
-            yield _cell(s, "blocked", reason=f"{NOT_APPLICABLE}defense {defense.name} applies to the {' and '.join(defense.setups)} "
-                                             f"setup(s) only; {a.name} runs in {sc.setup}")
-        elif missing:
-            why = (f"{a.name} requires {', '.join(sorted(c.value for c in missing))}, which "
-                   f"{'defense ' + s.defense.name + ' removes' if missing & defended.removes else 'setup ' + sc.setup + ' does not grant'}")
-            yield _cell(s, "blocked", reason=why, cost=defense.report())
+        why = blocked_reason(s, a, defense, defended)
+        granted = _names(granted_capabilities(a, defended, s.deny))
+        if why is not None:
+            yield _cell(s, "blocked", reason=why, cost=defense.report() if sc.setup in defense.setups else {},
+                        effective=eff, granted=granted)
         else:
             runnable.append((s, a))
     if not runnable:
         return
-    policy_attack = next((a for _, a in runnable if getattr(a, "malicious", False)), None)
+    policy_spec, policy_attack = next(((s, a) for s, a in runnable if getattr(a, "malicious", False)), (None, None))
     try:
         # Common random numbers: every defense of a scenario trains on the same data order, so a
         # defense-vs-none difference is the defense's, not training noise (and strength 0 == none).
         gen = torch_generator(sc.seed, "train", json.dumps(sc.key(), sort_keys=True, default=str))
-        policy = policy_attack.server_policy(PolicyContext(
-            input_shape=data.shape, num_classes=data.num_classes, client_arch=make_view(
-                policy_attack, defended, None, data, ctx.device, arch_only=True),
-            aux=(data.x_aux, data.y_aux), generator=gen, device=ctx.device,
-            total_steps=total_steps(len(data.x_train), defended.config))) if policy_attack is not None else None
+        policy = None
+        if policy_attack is not None:  # its own generator, and aux data only if its threat model has it
+            pgranted = granted_capabilities(policy_attack, defended, policy_spec.deny)
+            policy = policy_attack.server_policy(PolicyContext(
+                input_shape=data.shape, num_classes=data.num_classes, client_arch=make_view(
+                    policy_attack, defended, None, data, ctx.device, arch_only=True),
+                aux=(data.x_aux, data.y_aux) if Capability.AUX_DATA in pgranted else None,
+                generator=torch_generator(sc.seed, "policy", policy_spec.key), device=ctx.device,
+                total_steps=total_steps(len(data.x_train), defended.config)))
         prog = (lambda i, n: ctx.progress("train " + first.label(), i, n)) if ctx.progress else None
 
         def fresh() -> tuple[TrainResult, dict[str, Any]]:
@@ -196,27 +212,93 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
             # global streams too (fresh layers in view builders, clones): a cell's numbers must not
             # depend on which attacks ran before it on the same model, nor on a cached training run
             seed_everything(sc.seed, "attack", s.key)
-            view = make_view(a, defended, result, data, ctx.device)
+            granted = granted_capabilities(a, defended, s.deny)
+            view, handles = make_view(a, defended, result, data, ctx.device, deny=s.deny, with_handles=True)
             if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
                 view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
-            out = a.run(view, torch_generator(sc.seed, "attack", s.key))
+            out = resolve_ids(a.run(view, torch_generator(sc.seed, "attack", s.key)), handles)
             metrics = score(out, result, data.x_test, data.y_test, ctx.device)
             metrics |= {k: v for k, v in out.extra.items() if isinstance(v, (int, float)) and k not in metrics}
             artifacts = _save_artifacts(ctx, s, result, out)
             yield _cell(s, "ok", metrics=metrics, utility=utility, cost=cost | {"attack_s": time.perf_counter() - t1},
-                        wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts)
+                        wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts, effective=eff,
+                        granted=_names(granted))
         except Exception as e:  # noqa: BLE001
             yield _cell(s, "error", error=_err(e), utility=utility, cost=cost,
-                        wall_s=train_s + time.perf_counter() - t1)
+                        wall_s=train_s + time.perf_counter() - t1, effective=eff)
+
+
+def _names(caps) -> list[str]:
+    return sorted(c.value for c in caps)
+
+
+def granted_capabilities(attack: Attack, setup, deny: tuple[str, ...] = ()) -> frozenset[Capability]:
+    """What the attack is given: what it declared, as far as the defended protocol hands it over
+    and the experiment's threat model allows; the architecture always."""
+    denied = {Capability(d) for d in deny}
+    return frozenset((attack.requires & setup.capabilities()) - denied) | {Capability.ARCHITECTURE}
+
+
+def blocked_reason(s: CellSpec, attack: Attack, defense: Defense, defended) -> str | None:
+    """Why a cell cannot run (None: it runs). Decided up front, from declarations only."""
+    sc = s.scenario
+    if sc.setup not in defense.setups:
+        return (f"{NOT_APPLICABLE}defense {defense.name} applies to the {' and '.join(defense.setups)} "
+                f"setup(s) only; {attack.name} runs in {sc.setup}")
+    denied = attack.requires & {Capability(d) for d in s.deny}
+    if denied:
+        return f"{DENIED}{attack.name} requires {', '.join(_names(denied))}, which the experiment denies"
+    missing = attack.requires - defended.capabilities()
+    if not missing:
+        return None
+    removed = missing & defended.removes
+    if removed:
+        return f"{attack.name} requires {', '.join(_names(removed))}, which defense {s.defense.name} removes"
+    derived = dict(defended.derivable)
+    rebuilt = [c for c in missing if c in derived]
+    if rebuilt:
+        return (f"{NOT_EVALUATED}{attack.name} requires {', '.join(_names(rebuilt))}, which defense "
+                f"{s.defense.name} does not send in plaintext but does not remove either: "
+                f"{'; '.join(derived[c] for c in rebuilt)}; no attack here rebuilds it yet")
+    return f"{attack.name} requires {', '.join(_names(missing))}, which setup {defended.scenario.setup} does not grant"
+
+
+def resolve_ids(out, handles: torch.Tensor | None):
+    """Map the opaque handles in an attack's output back to sample ids (the scorer's side)."""
+    if handles is None:
+        return out
+    if out.ids is not None:
+        out.ids = handles[out.ids.long()]
+    if "curve" in out.extra:
+        out.extra["curve"] = [(st, handles[ids.long()], rec) for st, ids, rec in out.extra["curve"]]
+    return out
+
+
+def _handled(transcript: Transcript) -> tuple[Transcript, torch.Tensor]:
+    """The transcript with every release's sample ids replaced by opaque handles 0..R-1 (one per
+    release, so two releases of one example are not linkable), and handle -> sample id."""
+    out, ids, k = Transcript(setup=transcript.setup), [], 0
+    for w, obs in transcript.windows.items():
+        out.windows[w] = []
+        for o in obs:
+            if o.ids is None:
+                out.windows[w].append(o)
+                continue
+            ids.append(o.ids)
+            out.windows[w].append(replace(o, ids=torch.arange(k, k + len(o.ids))))
+            k += len(o.ids)
+    return out, (torch.cat(ids).long() if ids else torch.zeros(0, dtype=torch.long))
 
 
 def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, device: str,
-              arch_only: bool = False):
-    """Grant exactly what the attack requires (and the defended setup allows).
+              arch_only: bool = False, deny: tuple[str, ...] = (), with_handles: bool = False):
+    """Grant exactly what the attack requires (and the defended setup allows, and the threat model
+    does not deny). Unless SAMPLE_IDS is granted, observations carry opaque per-release handles;
+    with ``with_handles`` returns (view, handle -> sample id or None).
 
     With ``arch_only`` returns just a builder of fresh client parts (for a malicious policy,
     which acts before there is any trained model)."""
-    granted = frozenset(attack.requires & setup.capabilities()) | {Capability.ARCHITECTURE}
+    granted = granted_capabilities(attack, setup, deny)
     template = setup.split()  # architecture only: the builders below re-initialise every parameter
 
     def fresh(part: torch.nn.Sequential) -> Callable[[], torch.nn.Sequential]:
@@ -232,32 +314,22 @@ def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, dev
         return fresh(template.client)
     assert result is not None
     sm: SplitModel = result.model
-    return build_view(
-        setup=setup.scenario.setup, granted=granted, transcript=result.transcript, input_shape=data.shape,
+    transcript, handles = (result.transcript, None) if Capability.SAMPLE_IDS in granted else \
+        _handled(result.transcript)
+    view = build_view(
+        setup=setup.scenario.setup, granted=granted, transcript=transcript, input_shape=data.shape,
         num_classes=data.num_classes, client_depth=setup.depth, label_layers=setup.label_layers,
         client_arch=fresh(template.client), tail_arch=fresh(template.tail),
         server_part=sm.server if setup.scenario.setup != "label-only" else torch.nn.Sequential(*sm.client, *sm.server),
         server_part_before=result.server_before, aux=(data.x_aux, data.y_aux), trained_client=sm.client,
-        device=device, **_threat_extras(attack, granted, result, data),
-        query_transform=_client_transform(setup),
+        device=device, **_threat_extras(attack, granted, result, data, transcript, handles),
+        query_transform=deployed_transform(setup.test_hooks(), torch_generator(setup.scenario.seed, "query-noise")),
     )
+    return (view, handles) if with_handles else view
 
 
-def _client_transform(setup) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The defended client's activation transform (smash hooks), for answering queries honestly."""
-    if not setup.smash_hooks:
-        return None
-    gen = torch_generator(setup.scenario.seed, "query-noise")
-
-    def transform(a: torch.Tensor) -> torch.Tensor:
-        for hook in setup.smash_hooks:
-            a = hook(a, gen)
-        return a
-
-    return transform
-
-
-def _threat_extras(attack: Attack, granted: frozenset[Capability], result: TrainResult, data: Data) -> dict[str, Any]:
+def _threat_extras(attack: Attack, granted: frozenset[Capability], result: TrainResult, data: Data,
+                   seen_as: Transcript, handles: torch.Tensor | None) -> dict[str, Any]:
     """TRAIN_DATA and KNOWN_LABELS, built only when granted (they come from private data)."""
     out: dict[str, Any] = {}
     if Capability.TRAIN_DATA in granted:  # He et al.'s known training set, never the targets themselves
@@ -270,9 +342,10 @@ def _threat_extras(attack: Attack, granted: frozenset[Capability], result: Train
         n = int(getattr(attack, "known_per_class", 1))
         known = {}
         for w in ("before", "after"):
-            obs = [o.ids for o in result.transcript.observations(w) if o.ids is not None]
-            ids = torch.cat(obs) if obs else torch.zeros(0, dtype=torch.long)
-            y = result.truth.labels(ids) if len(ids) else torch.zeros(0, dtype=torch.long)
+            obs = [o.ids for o in seen_as.observations(w) if o.ids is not None]  # as the attack sees them
+            ids = torch.cat(obs).long() if obs else torch.zeros(0, dtype=torch.long)
+            true_ids = ids if handles is None else handles[ids]
+            y = result.truth.labels(true_ids) if len(ids) else torch.zeros(0, dtype=torch.long)
             pick = [i for c in torch.unique(y).tolist() for i in (y == c).nonzero().flatten()[:n].tolist()]
             known[w] = (ids[pick].clone(), y[pick].clone())
         out["known_labels"] = known
@@ -307,6 +380,8 @@ def _err(e: BaseException) -> str:
 
 
 def _cell(s: CellSpec, status: str, **kw: Any) -> Cell:
+    kw.setdefault("effective", {"depth": s.scenario.depth, "setup": s.scenario.setup,
+                                "label_layers": 0 if s.scenario.setup == "vanilla" else s.scenario.label_layers})
     sc = s.scenario
     return Cell(key=s.key, dataset=sc.dataset, model=sc.model, depth=sc.depth, setup=sc.setup,
                 attack=s.attack.name, defense=s.defense.name, attack_params=s.attack.kwargs,

@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -33,8 +34,11 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def read_cells(out_dir: str | Path) -> list[Cell]:
-    """Every complete cell line; a later line with the same key supersedes an earlier one."""
+def read_cells(out_dir: str | Path, older: bool = False) -> list[Cell]:
+    """Every complete cell line; a later line with the same key supersedes an earlier one.
+
+    Cells of an older schema (written before a change of what the numbers mean) are left out unless
+    ``older``: a resumed run recomputes them, and tables never mix them with current ones."""
     path = Path(out_dir) / CELLS
     if not path.exists():
         return []
@@ -51,6 +55,11 @@ def read_cells(out_dir: str | Path) -> list[Cell]:
                 raise ValueError(f"{path}:{n} has schema {d['schema']}, newer than this arena ({SCHEMA})")
             cell = Cell.from_json(d)
             cells[cell.key] = cell
+    stale = [c for c in cells.values() if c.schema < SCHEMA]
+    if stale and not older:
+        warnings.warn(f"{path}: {len(stale)} cells of an older schema (< {SCHEMA}) are ignored; rerun the "
+                      f"same command to recompute them", stacklevel=2)
+        return [c for c in cells.values() if c.schema >= SCHEMA]
     return list(cells.values())
 
 
