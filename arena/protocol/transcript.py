@@ -5,6 +5,7 @@ A transcript keeps the messages of the first and the last ``record_steps`` train
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,8 @@ class Observation:
     """One training step as the server saw it. A field is None when the server did not see it."""
 
     step: int = -1
-    ids: torch.Tensor | None = None  # opaque sample ids (for the scorer only to align with the truth)
+    # sample ids; an attack without SAMPLE_IDS sees opaque per-release handles instead (`with_handles`)
+    ids: torch.Tensor | None = None
     smashed: torch.Tensor | None = None  # plaintext activations at the cut
     labels: torch.Tensor | None = None  # labels sent in clear (vanilla setup)
     inputs: torch.Tensor | None = None  # raw inputs (label-only setup: the server owns them)
@@ -48,6 +50,39 @@ class Transcript:
         if window not in WINDOWS:
             raise ValueError(f"unknown window {window!r}; use one of {WINDOWS}")
         return self.windows.get(window, [])
+
+
+def _releases(transcript: Transcript) -> torch.Tensor:
+    """Sample id of every release, in one fixed order (windows as stored, then observation order)."""
+    ids = [o.ids for obs in transcript.windows.values() for o in obs if o.ids is not None]
+    return torch.cat(ids).long() if ids else torch.zeros(0, dtype=torch.long)
+
+
+def with_handles(transcript: Transcript) -> Transcript:
+    """The transcript as a server without SAMPLE_IDS sees it: each release's sample id replaced by an
+    opaque handle -1, -2, ... (one per release, so two releases of one example cannot be linked; negative,
+    so a handle is never mistaken for a sample id). Only `resolve` maps them back."""
+    out, k = Transcript(setup=transcript.setup), 0
+    for w, obs in transcript.windows.items():
+        out.windows[w] = []
+        for o in obs:
+            if o.ids is not None:
+                o = dataclasses.replace(o, ids=-1 - torch.arange(k, k + len(o.ids)))
+                k += len(o.ids)
+            out.windows[w].append(o)
+    return out
+
+
+def resolve(ids: torch.Tensor, transcript: Transcript) -> torch.Tensor:
+    """Sample ids for ids an attack returned: handles (< 0) mapped back through the transcript."""
+    ids = torch.as_tensor(ids).long()
+    if not bool((ids < 0).any()):
+        return ids
+    releases = _releases(transcript)
+    k = -1 - ids
+    if bool((ids < 0).any()) and int(k[ids < 0].max()) >= len(releases):
+        raise ValueError(f"handle {int(ids.min())} does not name any release in the transcript")
+    return torch.where(ids < 0, releases[k.clamp(min=0, max=max(len(releases) - 1, 0))], ids)
 
 
 @dataclass

@@ -4,11 +4,19 @@ Least privilege: a view holds only the capabilities the attack declared it requi
 setup grants and the defense did not remove). It never holds the client's trained parameters or
 private tensors unless the attack declared CLIENT_WEIGHTS (a white-box threat model) and the
 defense allows it. Architectures are given as builders of *freshly initialised* modules.
+
+Query access (QUERY) is a `ClientQuery`: on the CPU the defended client answers from a forked child
+process, so nothing reachable from the view (attributes, closures) holds the client's weights; the
+attack gets what the client would send, its defense's test-time transform included. On a GPU
+(CUDA cannot be forked) the client answers in-process behind the same interface.
 """
 from __future__ import annotations
 
 import copy
+import os
+import weakref
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Pipe
 from typing import Callable
 
 import torch
@@ -32,6 +40,68 @@ class CapabilityError(PermissionError):
     """An attack asked its view for something its threat model does not grant."""
 
 
+def _serve(conn: Connection, answer: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    # numpy arrays, not tensors, cross the pipe: torch's own pickling of tensors between processes
+    # passes shared-memory handles through a helper thread that a forked child does not have
+    while True:
+        try:
+            x = torch.from_numpy(conn.recv())
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(answer(x).numpy())
+        except Exception as e:  # noqa: BLE001 - the asking side raises it
+            conn.send(f"the client could not answer the query: {type(e).__name__}: {e}")
+
+
+def _stop(conn: Connection, pid: int | None) -> None:
+    conn.close()
+    if pid is not None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+class ClientQuery:
+    """Black-box access to the defended client: a batch of inputs in, what the client sends out."""
+
+    __slots__ = ("_conn", "_local", "__weakref__")
+
+    def __init__(self, answer: Callable[[torch.Tensor], torch.Tensor], isolate: bool = True) -> None:
+        self._local = None
+        if not isolate:  # GPU: no fork; the same interface, in-process
+            self._local, self._conn = answer, None
+            return
+        mine, theirs = Pipe()
+        pid = os.fork()
+        if pid == 0:  # the child answers queries until the asking side closes its end
+            try:
+                mine.close()
+                torch.set_num_threads(1)  # OpenMP's pool does not survive fork (as in DataLoader workers)
+                _serve(theirs, answer)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self._conn = mine
+        weakref.finalize(self, _stop, mine, pid)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._local is not None:
+            return self._local(x)
+        self._conn.send(x.detach().cpu().numpy())
+        out = self._conn.recv()
+        if isinstance(out, str):
+            raise RuntimeError(out)
+        return torch.from_numpy(out).to(x.device)
+
+    def __deepcopy__(self, memo: dict) -> "ClientQuery":
+        return self  # one client, one oracle
+
+    def __reduce__(self):
+        raise TypeError("a ClientQuery cannot be pickled: it is a live connection to the client")
+
+
 @dataclass(frozen=True)
 class ServerView:
     setup: str
@@ -46,7 +116,7 @@ class ServerView:
     server_part_before: nn.Sequential  # the same at the first recorded step
     windows: dict[str, tuple[Observation, ...]] = field(default_factory=dict)
     aux: tuple[torch.Tensor, torch.Tensor] | None = None
-    query: Callable[[torch.Tensor], torch.Tensor] | None = None
+    query: ClientQuery | None = None
     client_weights: nn.Sequential | None = None
     device: str = "cpu"
     # TRAIN_DATA: (x, y) of the private training set minus every sample observed in the transcript
@@ -98,25 +168,36 @@ def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transc
                known_labels: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
                query_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ServerView:
     """The scorer-side constructor: copies what the attack may see and drops everything else."""
-    client = copy.deepcopy(trained_client).eval()
-    for p in client.parameters():
-        p.requires_grad_(False)
-
-    def query(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            out = client(x.to(next(client.parameters()).device))
-            # a query gets what the client really sends: its defense's transform (e.g. noise) included
-            return (query_transform(out) if query_transform is not None else out).detach()
-
+    white_box = Capability.CLIENT_WEIGHTS in granted
+    client = None
+    if white_box or Capability.QUERY in granted:
+        client = copy.deepcopy(trained_client).eval()
+        for p in client.parameters():
+            p.requires_grad_(False)
+    query = None
+    if Capability.QUERY in granted:
+        query = ClientQuery(_answerer(copy.deepcopy(client), query_transform),
+                            isolate=not str(device).startswith("cuda"))
     return ServerView(
         setup=setup, capabilities=granted, input_shape=tuple(input_shape), num_classes=num_classes,
         client_depth=client_depth, label_layers=label_layers, client_arch=client_arch, tail_arch=tail_arch,
         server_part=copy.deepcopy(server_part), server_part_before=copy.deepcopy(server_part_before),
         windows={w: tuple(_filter(o, granted) for o in transcript.observations(w)) for w in WINDOWS},
         aux=aux if Capability.AUX_DATA in granted else None,
-        query=query if Capability.QUERY in granted else None,
-        client_weights=client if Capability.CLIENT_WEIGHTS in granted else None,
+        query=query,
+        client_weights=client if white_box else None,
         device=device,
         train_data=train_data if Capability.TRAIN_DATA in granted else None,
         known_labels=known_labels if Capability.KNOWN_LABELS in granted else None,
     )
+
+
+def _answerer(client: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor] | None
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
+    def answer(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = client(x.to(next(client.parameters()).device))
+            # a query gets what the client really sends: its defense's transform (e.g. noise) included
+            return (transform(out) if transform is not None else out).detach().cpu()
+
+    return answer

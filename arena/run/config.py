@@ -22,6 +22,8 @@ A spec file looks like::
                                          # depths; defenses: else every depth an attack runs at)
     datasets = ["mnist"]                 # optional: only these of the experiment's datasets
     model = "lenet"                      # optional (attacks): another model than [experiment] models
+    record_steps = 8                     # optional (attacks): steps the transcript keeps at each end of
+                                         # training for this entry's runs (more targets for label attacks)
 
     [[defenses]]
     name = "deeper-split"
@@ -57,6 +59,7 @@ class Entry:
     depths: tuple[int, ...] | None = None  # None: the experiment's depths
     datasets: tuple[str, ...] | None = None  # None: every dataset of the experiment
     model: str | None = None  # None: the experiment's model for the dataset (attacks only)
+    record_steps: int | None = None  # None: [train] record_steps (attacks only)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -109,7 +112,8 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or "name" not in item:
             raise SpecError(f"{where}: [[{what}]] entry {i + 1} needs a name")
-        unknown = set(item) - {"name", "params", "grid", "setup", "label_layers", "depths", "datasets", "model"}
+        unknown = set(item) - {"name", "params", "grid", "setup", "label_layers", "depths", "datasets", "model",
+                               "record_steps"}
         if unknown:
             raise SpecError(f"{where}: [[{what}]] {item['name']!r} has unknown keys {sorted(unknown)}")
         if item.get("setup") is not None and item["setup"] not in SETUPS:
@@ -121,6 +125,9 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
         if datasets is not None and (not isinstance(datasets, list) or not datasets
                                      or not all(isinstance(x, str) for x in datasets)):
             raise SpecError(f"{where}: [[{what}]] {item['name']!r}: datasets must be a non-empty list of names")
+        rs = item.get("record_steps")
+        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int) or rs < 1):
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: record_steps must be an integer >= 1")
         params = dict(item.get("params", {}))
         grid = dict(item.get("grid", {}))
         for k, vals in grid.items():
@@ -132,7 +139,7 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
             out.append(Entry(item["name"], tuple(sorted((k, _freeze(v)) for k, v in p.items())),
                              item.get("setup"), item.get("label_layers"),
                              None if depths is None else tuple(depths),
-                             None if datasets is None else tuple(datasets), item.get("model")))
+                             None if datasets is None else tuple(datasets), item.get("model"), rs))
     return tuple(out)
 
 

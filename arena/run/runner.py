@@ -30,7 +30,7 @@ from ..defenses import DEFENSES, Defense
 from .model_cache import cache_key, cached_training
 from ..models import build_model
 from ..protocol.train import Data, TrainResult, deployed_transform, make_setup, total_steps, train
-from ..protocol.transcript import Transcript
+from ..protocol.transcript import Transcript, resolve, with_handles
 from ..records import DENIED, NOT_APPLICABLE, NOT_EVALUATED, Capability, Cell, Scenario
 from ..scoring.score import score
 from ..seeding import numpy_rng, seed_everything, torch_generator
@@ -96,7 +96,9 @@ def plan(exp: Experiment) -> list[CellSpec]:
                         setup = a.setup or d.setup or getattr(cls, "default_setup", "vanilla")
                         sc = Scenario(dataset=dataset, model=a.model or exp.model_for(dataset), depth=depth, setup=setup,
                                       seed=seed, n_train=exp.n_train, n_test=exp.n_test,
-                                      label_layers=a.label_layers or exp.label_layers, train=exp.train)
+                                      label_layers=a.label_layers or exp.label_layers,
+                                      train=exp.train if a.record_steps is None else
+                                      replace(exp.train, record_steps=a.record_steps))
                         specs.append(CellSpec(sc, a, d, exp.n_aux, exp.deny))
     return specs
 
@@ -213,10 +215,10 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
             # depend on which attacks ran before it on the same model, nor on a cached training run
             seed_everything(sc.seed, "attack", s.key)
             granted = granted_capabilities(a, defended, s.deny)
-            view, handles = make_view(a, defended, result, data, ctx.device, deny=s.deny, with_handles=True)
+            view = make_view(a, defended, result, data, ctx.device, deny=s.deny)
             if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
                 view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
-            out = resolve_ids(a.run(view, torch_generator(sc.seed, "attack", s.key)), handles)
+            out = a.run(view, torch_generator(sc.seed, "attack", s.key))
             metrics = score(out, result, data.x_test, data.y_test, ctx.device)
             metrics |= {k: v for k, v in out.extra.items() if isinstance(v, (int, float)) and k not in metrics}
             artifacts = _save_artifacts(ctx, s, result, out)
@@ -263,38 +265,11 @@ def blocked_reason(s: CellSpec, attack: Attack, defense: Defense, defended) -> s
     return f"{attack.name} requires {', '.join(_names(missing))}, which setup {defended.scenario.setup} does not grant"
 
 
-def resolve_ids(out, handles: torch.Tensor | None):
-    """Map the opaque handles in an attack's output back to sample ids (the scorer's side)."""
-    if handles is None:
-        return out
-    if out.ids is not None:
-        out.ids = handles[out.ids.long()]
-    if "curve" in out.extra:
-        out.extra["curve"] = [(st, handles[ids.long()], rec) for st, ids, rec in out.extra["curve"]]
-    return out
-
-
-def _handled(transcript: Transcript) -> tuple[Transcript, torch.Tensor]:
-    """The transcript with every release's sample ids replaced by opaque handles 0..R-1 (one per
-    release, so two releases of one example are not linkable), and handle -> sample id."""
-    out, ids, k = Transcript(setup=transcript.setup), [], 0
-    for w, obs in transcript.windows.items():
-        out.windows[w] = []
-        for o in obs:
-            if o.ids is None:
-                out.windows[w].append(o)
-                continue
-            ids.append(o.ids)
-            out.windows[w].append(replace(o, ids=torch.arange(k, k + len(o.ids))))
-            k += len(o.ids)
-    return out, (torch.cat(ids).long() if ids else torch.zeros(0, dtype=torch.long))
-
-
 def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, device: str,
-              arch_only: bool = False, deny: tuple[str, ...] = (), with_handles: bool = False):
+              arch_only: bool = False, deny: tuple[str, ...] = ()):
     """Grant exactly what the attack requires (and the defended setup allows, and the threat model
-    does not deny). Unless SAMPLE_IDS is granted, observations carry opaque per-release handles;
-    with ``with_handles`` returns (view, handle -> sample id or None).
+    does not deny). Unless SAMPLE_IDS is granted, observations carry opaque per-release handles
+    (`protocol.transcript.with_handles`), which only the scorer maps back.
 
     With ``arch_only`` returns just a builder of fresh client parts (for a malicious policy,
     which acts before there is any trained model)."""
@@ -314,22 +289,20 @@ def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, dev
         return fresh(template.client)
     assert result is not None
     sm: SplitModel = result.model
-    transcript, handles = (result.transcript, None) if Capability.SAMPLE_IDS in granted else \
-        _handled(result.transcript)
-    view = build_view(
+    transcript = result.transcript if Capability.SAMPLE_IDS in granted else with_handles(result.transcript)
+    return build_view(
         setup=setup.scenario.setup, granted=granted, transcript=transcript, input_shape=data.shape,
         num_classes=data.num_classes, client_depth=setup.depth, label_layers=setup.label_layers,
         client_arch=fresh(template.client), tail_arch=fresh(template.tail),
         server_part=sm.server if setup.scenario.setup != "label-only" else torch.nn.Sequential(*sm.client, *sm.server),
         server_part_before=result.server_before, aux=(data.x_aux, data.y_aux), trained_client=sm.client,
-        device=device, **_threat_extras(attack, granted, result, data, transcript, handles),
+        device=device, **_threat_extras(attack, granted, result, data, transcript),
         query_transform=deployed_transform(setup.test_hooks(), torch_generator(setup.scenario.seed, "query-noise")),
     )
-    return (view, handles) if with_handles else view
 
 
 def _threat_extras(attack: Attack, granted: frozenset[Capability], result: TrainResult, data: Data,
-                   seen_as: Transcript, handles: torch.Tensor | None) -> dict[str, Any]:
+                   seen_as: Transcript) -> dict[str, Any]:
     """TRAIN_DATA and KNOWN_LABELS, built only when granted (they come from private data)."""
     out: dict[str, Any] = {}
     if Capability.TRAIN_DATA in granted:  # He et al.'s known training set, never the targets themselves
@@ -344,7 +317,7 @@ def _threat_extras(attack: Attack, granted: frozenset[Capability], result: Train
         for w in ("before", "after"):
             obs = [o.ids for o in seen_as.observations(w) if o.ids is not None]  # as the attack sees them
             ids = torch.cat(obs).long() if obs else torch.zeros(0, dtype=torch.long)
-            true_ids = ids if handles is None else handles[ids]
+            true_ids = resolve(ids, result.transcript)
             y = result.truth.labels(true_ids) if len(ids) else torch.zeros(0, dtype=torch.long)
             pick = [i for c in torch.unique(y).tolist() for i in (y == c).nonzero().flatten()[:n].tolist()]
             known[w] = (ids[pick].clone(), y[pick].clone())
@@ -367,7 +340,8 @@ def _save_artifacts(ctx: GroupContext, s: CellSpec, result: TrainResult, out) ->
 
     rel = Path("grids") / f"{s.key}.png"
     try:
-        save_grid(ctx.out_dir / rel, result.truth.inputs(out.ids[:10]), out.reconstructions[:10],
+        save_grid(ctx.out_dir / rel, result.truth.inputs(resolve(out.ids[:10], result.transcript)),
+                  out.reconstructions[:10],
                   title=s.label())
     except Exception:  # noqa: BLE001 - a missing picture must not lose the cell
         return {}

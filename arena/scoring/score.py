@@ -7,11 +7,14 @@ reconstructions taken during training (``extra["curve"] = [(step, ids, reconstru
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from . import metrics
 from ..protocol.train import TrainResult, evaluate
+from ..protocol.transcript import resolve
 from ..records import AttackOutput
 
 
@@ -26,6 +29,8 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
     if (out.reconstructions is not None or out.labels is not None or out.label_scores is not None) \
             and out.ids is None:
         raise ScoringError("attack output has predictions but no sample ids")
+    if out.ids is not None:  # opaque handles back to sample ids: only the scorer can
+        out = dataclasses.replace(out, ids=resolve(out.ids, result.transcript))
     if out.reconstructions is not None:
         x = truth.inputs(out.ids)
         rec = out.reconstructions.detach().cpu().float()
@@ -36,7 +41,7 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
         m |= metrics.reconstruction_metrics(rec, x)
         m["n_targets"] = float(len(x))
     for step, ids, rec in out.extra.get("curve", ()):  # reconstructions at training checkpoints (FSHA)
-        x = truth.inputs(ids)
+        x = truth.inputs(resolve(ids, result.transcript))
         rec = rec.detach().cpu().float().clamp(0, 1)
         if rec.shape != x.shape:
             raise ScoringError(f"curve reconstructions at step {step} have shape {tuple(rec.shape)}, "
