@@ -169,7 +169,7 @@ def table(cells, exp) -> str:
         have = {m for c in cells if of(c, a) for m in c.metrics}
         metric_cols += [(a, m) for m in METRICS.get(a[0], LEAK) if m in have]
     header = ["defense", "strength"] + [f"{label(a)}:{m}" for a, m in metric_cols] + \
-             ["test_acc", "epsilon", "client_s", "bytes/sample", "status"]
+             ["test_acc", "eps_activations", "eps_weights", "client_s", "bytes/sample", "status"]
     lines = [header]
     for key in sorted(rows, key=lambda k: order.get(k, 1e9)):
         name, params = key
@@ -179,12 +179,14 @@ def table(cells, exp) -> str:
         vals = [_spread([c.metrics.get(m) for c in cs if of(c, a)])
                 for a, m in metric_cols]
         ok = [c for c in cs if c.status == "ok"]
-        eps_vals = [c.cost.get("epsilon", "absent") for c in cs]
-        eps = "-" if all(e == "absent" for e in eps_vals) else (
-            "inf" if any(e is None for e in eps_vals) else _fmt(_mean(eps_vals), 3))
+        eps = []  # two guarantees, two columns: never one ε column mixing them
+        for key in ("epsilon_activations", "epsilon_weights"):
+            eps_vals = [c.cost.get(key, "absent") for c in cs]
+            eps.append("-" if all(e == "absent" for e in eps_vals) else (
+                "inf" if any(e is None for e in eps_vals) else _fmt(_mean(eps_vals), 3)))
         status = ",".join(sorted({c.status for c in cs}))
         lines.append([name, strength] + vals + [
-            _spread([c.utility.get("test_acc") for c in ok]), eps,
+            _spread([c.utility.get("test_acc") for c in ok]), *eps,
             _fmt(_mean([c.cost.get("client_s") for c in ok]), 2),
             _fmt(_int(_mean([c.cost.get("bytes_per_sample") for c in ok]))), status])
     widths = [max(len(str(r[i])) for r in lines) for i in range(len(header))]
@@ -241,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     print("values: mean over seeds ± half their range. Rows whose training equals `none` (batching, any "
           "strength) show how much the attack itself varies from seed to seed.")
     print(f"\n{len(cells)} cells, {wall:.0f} s this run (finished cells are reused); cells: {out / 'cells.jsonl'}")
-    print("epsilon: noise = per-example releases composed (Opacus RDP, sample rate 1); dp-sgd = the client's "
-          "parameters (Opacus RDP, sample rate B/n); '-' = no DP claim. inf = no finite guarantee.")
+    print("eps_activations (noise): one example's activations, every release composed, client network given, "
+          "replace-one (Opacus RDP, sample rate 1). eps_weights (dp-sgd): the client's front weights only, "
+          "add/remove-one with Poisson sampling (Opacus RDP, sample rate B/n). Different guarantees: do not "
+          "compare the columns. '-' = no such claim; inf = no finite guarantee.")
     return 0
 
 

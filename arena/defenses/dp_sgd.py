@@ -5,9 +5,17 @@ accountant; Yousefpour et al., "Opacus: user-friendly differential privacy libra
 (2021); for split learning, Titcombe et al. 2021 and the UnSplit paper's discussion (§5) of
 differentially private client training.
 
-What it protects: the *client's parameters*. Each client update is the clipped per-example
-gradients of the client part, summed, plus N(0, (noise_multiplier·max_grad_norm)²) noise, so the
-sequence of client weights is (ε, δ)-DP with respect to the private examples.
+What it protects: the *client's front weights* — the layers before the cut, the ones Opacus wraps.
+Each update of them is the clipped per-example gradients, summed, plus N(0, (noise_multiplier·
+max_grad_norm)²) noise, so the sequence of front weights is (ε, δ)-DP with respect to the private
+examples. Relation: Opacus's *add/remove-one* (neighbouring datasets differ by one example being
+present or absent) with Poisson sampling of each batch at rate q; sensitivity max_grad_norm.
+
+What it does not cover: the activations the client sends (computed from raw inputs, no noise on
+them) and, in the U-shaped setup, the client's own tail (the label owner's last layers), which
+trains with plain Adam while the server sees its per-example tail gradients. So its ε is not the
+same guarantee as `noise`'s: it is reported as ``epsilon_weights`` (never plain ``epsilon``) with
+``epsilon_weights_scope`` and ``epsilon_weights_relation`` beside it.
 
 What the server still sees: everything it saw before — the exact smashed data of every example
 in every step (computed by the DP-trained client, with no noise on it), the labels in the vanilla
@@ -35,8 +43,10 @@ other batches), and clipping without noise buys no privacy.
 ``poisson = false`` trains on the protocol's shuffled batches instead; the ε reported then assumes
 a sampling that did not happen (common practice, not a guarantee).
 
-Reported: ``epsilon`` at ``delta`` from the Privacy Engine's own accountant (RDP or PRV) over the
-optimizer steps actually taken, with Opacus's sample rate 1/⌈n/B⌉ (≈ B/n).
+Reported: ``epsilon_weights`` at ``delta`` from the Privacy Engine's own accountant (RDP or PRV)
+over the optimizer steps actually taken (``dp_steps``), with Opacus's sample rate 1/⌈n/B⌉ (≈ B/n,
+``sample_rate``); ``epsilon_weights_scope`` and ``epsilon_weights_relation`` say what it covers
+and under which relation (and, with ``poisson = false``, that the sampling was assumed).
 """
 from __future__ import annotations
 
@@ -52,6 +62,9 @@ from .privacy import ACCOUNTANTS, check_delta
 from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 from .noise import require_client_activations
+
+SCOPE = ("the client's front weights (DP-SGD), not the activations it sends, nor a U-shaped client's own tail "
+         "(trained without DP; the server sees its per-example tail gradients)")
 
 
 def _opacus():
@@ -141,17 +154,20 @@ class DPSGD(Defense):
         return setup.replace(wrap_client=wrap)
 
     def report(self) -> dict[str, Any]:
+        relation = "add/remove-one (Opacus), Poisson sampling at sample_rate" + (
+            "" if self.poisson else " assumed: the batches were shuffled, not Poisson-sampled (not a guarantee)")
         out: dict[str, Any] = {"noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm,
-                               "delta": self.delta, "accountant": f"opacus {self.accountant}"}
+                               "delta": self.delta, "accountant": f"opacus {self.accountant}",
+                               "epsilon_weights_scope": SCOPE, "epsilon_weights_relation": relation}
         if self.noise_multiplier == 0:
-            out["epsilon"] = math.inf
+            out["epsilon_weights"] = math.inf
         return out | self._info
 
     def after_training(self, result: Any) -> None:
         if self._engine is None:
             return
         acc = self._engine.accountant
-        self._info["epsilon"] = float(acc.get_epsilon(delta=self.delta))
+        self._info["epsilon_weights"] = float(acc.get_epsilon(delta=self.delta))
         self._info["dp_steps"] = int(sum(h[2] for h in acc.history))
         if acc.history:  # Opacus's rate: 1 / batches per epoch (≈ B/n)
             self._info["sample_rate"] = float(acc.history[-1][1])

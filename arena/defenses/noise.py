@@ -16,25 +16,44 @@ Mechanism, per example (the client side, inside the smash hook, before anything 
 N(0, scale²) or Laplace(0, scale) per coordinate, drawn from the hook's generator (the cell's seed).
 Gradients flow through both steps, so the client trains on what it actually sent.
 
-Privacy figures (`report()`), with the add/remove-one-example relation of `arena.defenses.privacy`
-(sensitivity = clip; ε roughly doubles for the replace-one relation):
+Privacy figures (`report()`): every ε key starts with ``epsilon_activations`` and comes with
+``epsilon_activations_scope`` and ``epsilon_activations_relation`` saying what it covers. They are
+not the same guarantee as `dp-sgd`'s ``epsilon_weights`` (another object, another relation) and
+must not be compared with it as if they were.
 
-- ``epsilon_release``: one release of one example's activation. Gaussian: the analytic Gaussian
-  mechanism (Balle & Wang 2018; exact), noise multiplier scale/clip; Laplace: clip/scale (δ = 0).
-- ``epsilon`` (after training): the composition over the releases of each example. The protocol
-  shuffles and sends every example once per epoch, so each example is released
-  ``releases = ⌈steps / ⌈n/B⌉⌉`` times, every time in full: Opacus's accountant (RDP by default, or
-  PRV) at sample rate 1 for ``releases`` steps; Laplace: basic composition releases·ε_release.
-  ``epsilon_exact``: the same composition computed exactly — k Gaussian releases with noise
-  multiplier z are one Gaussian release with z/√k (Dong, Roth & Su 2019) — tighter than RDP at small z.
-- ``epsilon_if_subsampled`` (Gaussian): the DP-SGD-style bookkeeping, Opacus's accountant at sample
-  rate B/n for all training steps. It credits amplification by Poisson subsampling, which holds for
-  a noisy *sum* over the batch but not for per-row releases the server can tell apart, so it is an
-  optimistic figure kept only for comparison with `dp-sgd`.
+- Scope: the activations of one example, each release of them, with the client network taken as
+  given (fixed, public). Not an end-to-end guarantee for the training run: the client's weights
+  are trained on the raw data without noise, and every later release depends on them (combine with
+  `dp-sgd` for those).
+- Relation: *replace-one*. The server ties every row it receives to one example (each row is
+  one example's, it arrives with its id, and whether it was sent is never hidden), so
+  add/remove-one is not a meaningful relation here; neighbouring datasets differ in one example's content, whose clipped activation can move
+  anywhere in the clip ball: sensitivity ``2·clip`` (L2 for Gaussian, L1 for Laplace).
+- ``noise_multiplier`` (reported) = noise std / sensitivity = ``scale / (2·clip)``, the convention
+  of `arena.defenses.privacy`; ``sensitivity`` = 2·clip. (The ratio ``scale/clip`` is twice it.)
+  Example: scale = clip (scale/clip = 1, noise_multiplier 0.5) gives ε ≈ 10.0 per release at
+  δ = 1e-5 (the analytic Gaussian), where the add/remove reading (sensitivity clip) said 4.38.
 
-Caveat: these ε cover each example's *own* activations with the client network taken as given.
-They are not an end-to-end guarantee for the training run: the client's weights are trained on the
-raw data without noise, and every later release depends on them. Combine with `dp-sgd` for that.
+Fields:
+
+- ``epsilon_activations_release``: one release. Gaussian: the analytic Gaussian mechanism (Balle &
+  Wang 2018; exact) at ``noise_multiplier``; Laplace: 2·clip/scale (δ = 0).
+  ``epsilon_activations_release_classic`` (Gaussian): Dwork & Roth's bound, for comparison.
+- ``epsilon_activations`` (after training): the composition over the releases of each example. The
+  protocol shuffles and sends every example once per epoch, so each example is released
+  ``releases_per_example = ⌈steps / ⌈n/B⌉⌉`` times, every time in full: Opacus's accountant (RDP by
+  default, or PRV) at sample rate 1 for that many releases; Laplace: basic composition.
+  ``epsilon_activations_exact``: the same composition computed exactly — k Gaussian releases with
+  noise multiplier z are one Gaussian release with z/√k (Dong, Roth & Su 2019) — tighter than RDP.
+
+There is no subsampled figure (an earlier ``epsilon_if_subsampled`` is gone). Amplification by
+subsampling needs the adversary not to know whether an example took part in a step; here the
+server sees every example's row, tied to it, once per epoch, whatever the batch. The DP-SGD-style
+bookkeeping (sample rate B/n over all steps) therefore bounds nothing for this mechanism, and at
+small noise it even exceeded the composed ε while being called optimistic (16,301 vs 2,084 at
+scale 0.5, clip 30, n = 3000, B = 64, one epoch, both with the old sensitivity clip), since
+subsampled RDP at tiny noise multipliers is loose. A correct subsampled figure would need a
+different protocol (examples hidden from the server, sampled in secret), not other bookkeeping.
 
 Parameters: ``scale`` (σ or b per coordinate), ``clip`` (the norm bound; default 30 ≈ the median
 L2 norm of LeNet's depth-1 activations after one epoch on Fashion-MNIST — set it for your model
@@ -61,6 +80,9 @@ from ..protocol.train import SplitSetup
 from .base import Defense, register_defense
 
 DISTRIBUTIONS = ("gaussian", "laplace")
+SCOPE = ("the activations of one example, each release of them, client network given (not the client's "
+         "weights, which train on the raw data)")
+RELATION = "replace-one (the server ties each row to its example): sensitivity 2·clip"
 
 
 def check_bound(name: str, value: Any) -> float:
@@ -125,8 +147,14 @@ class Noise(Defense):
                 "delta": self.delta, "accountant": self.accountant}
 
     @property
+    def sensitivity(self) -> float:
+        """How far one example's clipped activation can move when the example is replaced: 2·clip."""
+        return 2 * self.clip
+
+    @property
     def noise_multiplier(self) -> float:
-        return self.scale / self.clip  # 0 when clip is inf: no finite ε
+        """Noise std / sensitivity = scale / (2·clip), the replace-one noise multiplier the ε use."""
+        return self.scale / self.sensitivity  # 0 when clip is inf: no finite ε
 
     def hook(self, a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """The smash hook: clip per example, then add noise (the client does this before sending)."""
@@ -141,41 +169,43 @@ class Noise(Defense):
         return setup.replace(smash_hooks=setup.smash_hooks + (self.hook,))
 
     def epsilon_release(self) -> float:
+        """ε of one release of one example's activation, replace-one relation (sensitivity 2·clip)."""
         if self.scale == 0 or math.isinf(self.clip):
             return math.inf
         if self.distribution == "laplace":
-            return self.clip / self.scale
+            return self.sensitivity / self.scale
         return analytic_gaussian_epsilon(self.noise_multiplier, self.delta)
 
     def report(self) -> dict[str, Any]:
         laplace = self.distribution == "laplace"
         out: dict[str, Any] = {
             "noise_distribution": self.distribution, "noise_scale": self.scale, "clip": self.clip,
-            "noise_multiplier": self.noise_multiplier, "delta": 0.0 if laplace else self.delta,
-            "epsilon_release": self.epsilon_release(),
-            "epsilon_release_method": "pure (clip_L1/b)" if laplace else "analytic Gaussian (Balle & Wang 2018)",
+            "sensitivity": self.sensitivity, "noise_multiplier": self.noise_multiplier,
+            "delta": 0.0 if laplace else self.delta,
+            "epsilon_activations_scope": SCOPE, "epsilon_activations_relation": RELATION,
+            "epsilon_activations_release": self.epsilon_release(),
+            "epsilon_activations_release_method":
+                "pure (2·clip_L1/b)" if laplace else "analytic Gaussian (Balle & Wang 2018)",
         }
         if not laplace and self.scale > 0 and not math.isinf(self.clip):
-            out["epsilon_release_classic"] = classic_gaussian_epsilon(self.noise_multiplier, self.delta)
+            out["epsilon_activations_release_classic"] = classic_gaussian_epsilon(self.noise_multiplier,
+                                                                                  self.delta)
         return out | self._after
 
     def after_training(self, result: Any) -> None:
         steps, n = int(result.cost["train_steps"]), int(result.cost["n_train"])
-        batch = self._batch
-        k = releases_per_example(steps, batch, n)
+        k = releases_per_example(steps, self._batch, n)
         after: dict[str, Any] = {"releases_per_example": k}
         if k == 0:
-            after |= {"epsilon": 0.0, "accountant": "nothing released"}
+            after |= {"epsilon_activations": 0.0, "accountant": "nothing released"}
         elif self.scale == 0 or math.isinf(self.clip):
-            after |= {"epsilon": math.inf, "accountant": "none (no noise or no clipping)"}
+            after |= {"epsilon_activations": math.inf, "accountant": "none (no noise or no clipping)"}
         elif self.distribution == "laplace":
-            after |= {"epsilon": k * self.clip / self.scale, "accountant": "basic composition (pure ε)"}
+            after |= {"epsilon_activations": k * self.epsilon_release(),
+                      "accountant": "basic composition (pure ε)"}
         else:
             z = self.noise_multiplier
-            after |= {"epsilon": composed_epsilon(z, 1.0, k, self.delta, self.accountant),
-                      "epsilon_exact": analytic_gaussian_epsilon(z / math.sqrt(k), self.delta),
-                      "epsilon_if_subsampled": composed_epsilon(z, min(batch / n, 1.0), steps, self.delta,
-                                                                self.accountant),
-                      "accountant": f"opacus {self.accountant}"}
+            after |= {"epsilon_activations": composed_epsilon(z, 1.0, k, self.delta, self.accountant),
+                      "epsilon_activations_exact": analytic_gaussian_epsilon(z / math.sqrt(k), self.delta),
+                      "accountant": f"opacus {self.accountant} at sample rate 1 (every release in full)"}
         self._after = after
-

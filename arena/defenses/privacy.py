@@ -1,17 +1,26 @@
 """Privacy accounting shared by the `noise` and `dp-sgd` defenses.
 
-Conventions (used by both defenses, so their ε are comparable):
+The two defenses use the same mechanisms (Gaussian noise, clipped) and the same code below, but
+their ε are *different guarantees* and are reported under different keys, each with its scope and
+its neighbouring relation spelled out beside it:
 
-- Neighbouring datasets differ by one example being present or replaced by a *null* example
-  (add/remove, Opacus's convention). For a released quantity clipped to norm ``clip`` that is a
-  sensitivity of ``clip``; for the replace-one relation it doubles (ε grows accordingly).
-- ``noise_multiplier`` = noise standard deviation / sensitivity.
+- `noise`: ``epsilon_activations`` — the activations of one example given the client network,
+  *replace-one* relation (the server ties each released row to its example; sensitivity 2·clip).
+- `dp-sgd`: ``epsilon_weights`` — the client's front weights, *add/remove-one* relation with
+  Poisson sampling (Opacus's convention; sensitivity max_grad_norm).
+
+Conventions of the functions here:
+
+- ``noise_multiplier`` = noise standard deviation / sensitivity, where the sensitivity is the one
+  of the caller's relation (the caller converts: `noise` passes scale/(2·clip)).
 - Per release, the Gaussian mechanism's ε is the *analytic* one (Balle & Wang 2018, Thm. 8): the
   exact privacy profile δ(ε) = Φ(μ/2 − ε/μ) − e^ε Φ(−μ/2 − ε/μ), μ = 1/noise_multiplier, solved
   for ε. The classic bound √(2 ln(1.25/δ))/noise_multiplier (Dwork & Roth, Thm. A.1, valid for
-  ε < 1 only) is offered for comparison.
-- Composition over training goes through Opacus's accountants (RDP by default, or PRV), which
-  model a Poisson-subsampled Gaussian mechanism with the given sample rate and number of steps.
+  ε < 1 only) is offered for comparison. Neither depends on the relation once the sensitivity is.
+- Composition goes through Opacus's accountants (RDP by default, or PRV), which model a
+  Poisson-subsampled Gaussian mechanism with the given sample rate and number of steps. At sample
+  rate 1 (no subsampling) that is plain composition and holds for either relation; at a rate
+  below 1 it is amplification by subsampling, which Opacus derives for add/remove-one.
 """
 from __future__ import annotations
 
