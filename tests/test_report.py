@@ -174,3 +174,14 @@ def test_conclusions_tell_removed_capabilities_from_defenses_that_do_not_apply()
     lines = _blocked_errors(at, g, "ssim")
     assert lines[0] == "Blocked (the defense removes what the attack needs) by he: x requires smashed, which defense he removes."
     assert lines[1] == "Not applicable here: splitguard (defense splitguard applies to the vanilla setup(s) only)."
+
+
+def test_ci95_uses_the_exact_t_quantile_past_10_degrees_of_freedom():
+    stats = pytest.importorskip("scipy.stats")
+    v = [0.5 + 0.01 * ((7 * i) % 11) for i in range(15)]  # 15 seeds: 14 degrees of freedom
+    m, h = ci95(v)
+    assert h == pytest.approx(stats.t.ppf(0.975, 14) * stats.sem(v), rel=1e-9)  # 2.145, not 1.96
+    for n in (12, 30, 200):
+        w = [float(i % 5) for i in range(n)]
+        assert ci95(w)[1] == pytest.approx(stats.t.ppf(0.975, n - 1) * stats.sem(w), rel=1e-9)
+
