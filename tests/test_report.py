@@ -176,6 +176,15 @@ def test_conclusions_tell_removed_capabilities_from_defenses_that_do_not_apply()
     assert lines[1] == "Not applicable here: splitguard (defense splitguard applies to the vanilla setup(s) only)."
 
 
+def _cells(attack: str, values: dict[str, list[float]], defense: str = "none") -> list[Cell]:
+    """One ok cell per seed of ``attack`` vs ``defense`` with the given metric values per seed."""
+    n = len(next(iter(values.values())))
+    return [Cell(key=f"{attack}-{defense}-{s}", dataset="digits", model="lenet", depth=1, setup="u-shaped",
+                 attack=attack, attack_params={}, defense=defense, defense_params={}, seed=s, status="ok",
+                 metrics={k: v[s] for k, v in values.items()}, utility={"test_acc": 0.9}, wall_s=1.0)
+            for s in range(n)]
+
+
 def test_ci95_uses_the_exact_t_quantile_past_10_degrees_of_freedom():
     stats = pytest.importorskip("scipy.stats")
     v = [0.5 + 0.01 * ((7 * i) % 11) for i in range(15)]  # 15 seeds: 14 degrees of freedom
@@ -184,4 +193,18 @@ def test_ci95_uses_the_exact_t_quantile_past_10_degrees_of_freedom():
     for n in (12, 30, 200):
         w = [float(i % 5) for i in range(n)]
         assert ci95(w)[1] == pytest.approx(stats.t.ppf(0.975, n - 1) * stats.sem(w), rel=1e-9)
+
+def test_nan_and_inf_seeds_are_not_counted_in_n():
+    cells = _cells("toy-inversion", {"ssim": [0.5, math.nan, 0.7, math.inf], "mse": [0.1, 0.2, 0.3, 0.4]})
+    row = summarize(cells).iloc[0]
+    assert row["n_seeds"] == 4  # seeds that finished
+    assert row["ssim_n"] == 2 and row["mse_n"] == 4  # values averaged
+    assert row["ssim"] == pytest.approx(0.6)
+    assert row["ssim_ci95"] == pytest.approx(12.706 * 0.1, rel=1e-3)  # sem 0.1, t with 1 df: n = 2
+    assert row["dropped"] == "ssim: 2"
+    lf = leakage_frame(summarize(cells)).iloc[0]
+    assert lf["metric"] == "ssim" and lf["n_seeds"] == 2 and lf["dropped"] == 2
+    from arena.report.tables import format_table
+
+    assert "0.600±1.271 (n=2)" in format_table(summarize(cells)) and "ssim: 2" in format_table(summarize(cells))
 

@@ -61,8 +61,9 @@ def _header(out: Path, cells) -> list[Block]:
 
 def _how_to_read() -> list[Block]:
     return [("h", 2, "How to read this report"), ("ul", [
-        "Every number is a **mean over seeds with its 95% confidence interval** (Student t); `n` is the number "
-        "of seeds that finished. A single seed has no interval.",
+        "Every number is a **mean over seeds with its 95% confidence interval** (Student t, exact quantile); "
+        "`n` is the number of seeds averaged: seeds that finished with a finite value (a NaN or inf seed is "
+        "left out of the mean and of `n`, and the table says so). A single seed has no interval.",
         "Each attack is judged by one **headline leakage metric** (higher = more leakage): SSIM for inversion "
         "and hijacking, clone test accuracy for model stealing, label accuracy (else leak AUC) for label "
         "inference; a leak AUC is folded to max(AUC, 1 − AUC), since a score that ranks the classes backwards "
@@ -109,8 +110,11 @@ def _attack_table(g) -> tuple[list[str], list[list[str]]]:
         if r.state in ("blocked", "n/a", "error"):
             rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", _cost(r.cost), f"{r.state}: {_why(r)}"])
         else:
+            dropped = getattr(r, "dropped", 0)
+            state = r.state + (f" ({dropped} seed{'s' if dropped != 1 else ''} without a finite {metric}: "
+                               "left out)" if dropped else "")
             rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, _pm(r.value, r.ci),
-                         _pm(r.test_acc, r.test_acc_ci), _cost(r.cost), r.state])
+                         _pm(r.test_acc, r.test_acc_ci), _cost(r.cost), state])
     return header, rows
 
 

@@ -1,8 +1,10 @@
 """Tables derived from stored cells: the per-setting summary (summary.csv), the printed table and
 the leakage frame that the heatmaps, frontiers and conclusions read.
 
-Every figure is a mean over seeds with a 95% confidence interval (Student t); the number of seeds
-is a column of its own. Each attack is judged by one headline leakage metric chosen by its kind
+Every figure is a mean over seeds with a 95% confidence interval (Student t, exact quantile). Only
+finite values are averaged: ``n_seeds`` is the number of seeds that finished, ``<metric>_n`` the
+number of values that went into ``<metric>``'s mean, and ``dropped`` names the metrics some finished
+seed had no finite value for. Each attack is judged by one headline leakage metric chosen by its kind
 (`headline_metric`): SSIM for inversion, clone accuracy for stealing, label accuracy (else leak
 AUC) for label inference; higher always means more leakage. The figures are in `arena.report.plots`, the
 document (with the per-attack conclusions) in `arena.report.document`.
@@ -16,7 +18,7 @@ from typing import Sequence
 
 from ..records import NOT_APPLICABLE, Cell, not_applicable
 from ..run.store import read_cells
-from .statistics import ci95
+from .statistics import estimate
 
 CELL_COLUMNS = ["dataset", "model", "depth", "setup", "attack", "attack_params", "defense", "defense_params"]
 HEADLINE = ["mse", "psnr", "ssim", "clone_acc", "label_acc", "leak_auc", "test_acc"]
@@ -62,7 +64,12 @@ def cells_frame(cells: list[Cell]):
 
 
 def summarize(cells: list[Cell]):
-    """One row per cell definition: status, seeds, and mean ± CI of every numeric column."""
+    """One row per cell definition: status, seeds, and mean ± CI of every numeric column.
+
+    ``n_seeds`` counts the seeds that finished (status ok); ``<col>_n`` the finite values averaged
+    into ``<col>`` (a NaN or inf seed is left out of the mean and not counted); ``dropped`` lists,
+    e.g. ``leak_auc: 1``, the columns that some finished seed had no finite value for (columns no
+    finished seed reports are not listed)."""
     import pandas as pd
 
     df = cells_frame(cells)
@@ -79,10 +86,13 @@ def summarize(cells: list[Cell]):
         row["n_seeds"] = len(ok)
         row["reason"] = next((r for r in g["reason"] if isinstance(r, str)), "")
         row["error"] = next((r for r in g["error"] if isinstance(r, str)), "")
+        dropped = []
         for col in numeric:
-            m, h = ci95(ok[col].tolist())
-            row[col] = m
-            row[f"{col}_ci95"] = h
+            e = estimate(ok[col].tolist())
+            row[col], row[f"{col}_ci95"], row[f"{col}_n"] = e.mean, e.ci, e.n
+            if e.n and e.dropped:
+                dropped.append(f"{col}: {e.dropped}")
+        row["dropped"] = "; ".join(dropped)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -99,11 +109,13 @@ def format_table(summary) -> str:
         dfn = r["defense"] + (f" {r['defense_params']}" if r["defense_params"] else "")
         vals = []
         for c in cols:
-            m, h = r.get(c), r.get(f"{c}_ci95")
+            m, h, n = r.get(c), r.get(f"{c}_ci95"), r.get(f"{c}_n")
             if m is None or (isinstance(m, float) and math.isnan(m)):
                 vals.append("-")
             else:
-                vals.append(f"{m:.3f}" + (f"±{h:.3f}" if h and not math.isnan(h) else ""))
+                fewer = isinstance(n, (int, float)) and n == n and n < r["n_seeds"]  # NaN/inf seeds dropped
+                vals.append(f"{m:.3f}" + (f"±{h:.3f}" if h and not math.isnan(h) else "")
+                            + (f" (n={int(n)})" if fewer else ""))
         status = r["status"] if r["status"] != "blocked" else "n/a" if not_applicable(r["reason"]) else "BLOCKED"
         lines.append([r["dataset"], str(r["depth"]), r["setup"], _short(atk), _short(dfn), status,
                       str(r["n_seeds"])] + vals)
@@ -113,6 +125,10 @@ def format_table(summary) -> str:
              if r["status"] == "blocked" and r["reason"]]
     errors = [f"- {r['attack']} vs {r['defense']} (depth {r['depth']}): {r['error']}"
               for _, r in summary.iterrows() if "error" in r["status"] and r["error"]]
+    dropped = [f"- {r['attack']} vs {r['defense']} (depth {r['depth']}): {r['dropped']}"
+               for _, r in summary.iterrows() if isinstance(r.get("dropped"), str) and r["dropped"]]
+    if dropped:
+        text += "\nNaN/inf seeds left out of the mean (metric: seeds dropped):\n" + "\n".join(dropped)
     if notes:
         text += "\nblocked:\n" + "\n".join(dict.fromkeys(notes))
     if errors:
@@ -134,7 +150,8 @@ CHANCE = {"ssim": 0.0, "clone_acc": 0.1, "label_acc": 0.1, "leak_auc": 0.5}
 
 
 def leakage_frame(summary):
-    """One row per summarised cell with its attack's headline metric: value, CI, a colour value
+    """One row per summarised cell with its attack's headline metric: value, CI, the number of seeds
+    averaged (``n_seeds``: finite values of that metric) and how many were dropped, a colour value
     normalised to 0 = chance .. 1 = full leakage, the cell state (ok / partial / blocked / error),
     test accuracy and cost. The input of the heatmaps, frontiers and conclusions."""
     import pandas as pd
@@ -148,6 +165,8 @@ def leakage_frame(summary):
         metric = headline_metric(attack, have, binary)
         for _, r in g.iterrows():
             v = r.get(metric, math.nan) if metric else math.nan
+            n = r.get(f"{metric}_n", r["n_seeds"]) if metric else r["n_seeds"]
+            n = int(n) if n == n else 0  # seeds averaged: finite values of the headline metric
             if metric == "leak_auc" and v == v:  # a score that ranks the classes backwards leaks as much
                 v = max(v, 1.0 - v)
             chance = CHANCE.get(metric or "", 0.0)
@@ -166,7 +185,7 @@ def leakage_frame(summary):
                 "defense_label": r["defense"] + params_text(r["defense_params"]), "metric": metric,
                 "value": v, "ci": r.get(f"{metric}_ci95", math.nan) if metric else math.nan,
                 "norm": min(max((v - chance) / (1 - chance), 0.0), 1.0) if v == v else math.nan,
-                "state": state, "n_seeds": int(r["n_seeds"]), "test_acc": r.get("test_acc", math.nan),
+                "state": state, "n_seeds": n, "dropped": int(r["n_seeds"]) - n, "test_acc": r.get("test_acc", math.nan),
                 "test_acc_ci": r.get("test_acc_ci95", math.nan), "cost": cost,
                 "reason": reason, "error": r.get("error") or ""})
     return pd.DataFrame(rows)
