@@ -6,8 +6,16 @@ finite values are averaged: ``n_seeds`` is the number of seeds that finished, ``
 number of values that went into ``<metric>``'s mean, and ``dropped`` names the metrics some finished
 seed had no finite value for. Each attack is judged by one headline leakage metric chosen by its kind
 (`headline_metric`): SSIM for inversion, clone accuracy for stealing, label accuracy (else leak
-AUC) for label inference; higher always means more leakage. The figures are in `arena.report.plots`, the
-document (with the per-attack conclusions) in `arena.report.document`.
+AUC) for label inference; higher means more leakage. A leak AUC is shown as the scorer computed it,
+never folded to max(AUC, 1 − AUC): an attack commits to which side of its score is "positive"
+before it sees the truth, so an AUC below 0.5 means its rule ranks the classes backwards.
+
+The chance line of each headline metric (`chance_line`): SSIM 0; clone accuracy 1/10 (the
+balanced 10-class test sets); leak AUC 0.5; label accuracy the **majority-class share of the scored
+targets** (``label_chance``: the accuracy of always guessing the most common label among exactly the
+examples the attack labelled, averaged over seeds; for a one-vs-rest question that is the share of
+the larger side, not 1/classes). The figures are in `arena.report.plots`, the document (with the
+per-attack conclusions) in `arena.report.document`.
 """
 from __future__ import annotations
 
@@ -146,14 +154,43 @@ def params_text(js: str) -> str:
     return "(" + ",".join(f"{k}={v}" for k, v in json.loads(js).items()) + ")"
 
 
-CHANCE = {"ssim": 0.0, "clone_acc": 0.1, "label_acc": 0.1, "leak_auc": 0.5}
+# Fixed chance lines; label accuracy has none here: its chance line is each setting's label_chance.
+CHANCE = {"ssim": 0.0, "clone_acc": 0.1, "leak_auc": 0.5}
+
+
+def chance_line(metric: str | None, row) -> float:
+    """The chance line of a headline metric for one summary row (see the module docstring): label
+    accuracy's is the row's ``label_chance`` (majority-class share of the scored targets, mean over
+    seeds; NaN where the cells lack it), the others are fixed (`CHANCE`; 0 for an unknown metric)."""
+    if metric == "label_acc":
+        v = row.get("label_chance", math.nan)
+        return float(v) if isinstance(v, (int, float)) else math.nan
+    return CHANCE.get(metric or "", 0.0)
+
+
+def above_chance(value: float, ci: float, n: int, chance: float) -> bool:
+    """Whether a mean is distinguishable from its chance line: the lower end of its 95% CI lies above
+    the line. One value has no interval: it counts when it is above the line (the figures say n = 1)."""
+    if value != value or chance != chance:
+        return False
+    if n < 2:
+        return value > chance
+    return value - (ci if ci == ci else math.inf) > chance
+
+
+def _num(row, col: str) -> float:
+    v = row.get(col, math.nan)
+    return float(v) if isinstance(v, (int, float)) else math.nan
 
 
 def leakage_frame(summary):
-    """One row per summarised cell with its attack's headline metric: value, CI, the number of seeds
-    averaged (``n_seeds``: finite values of that metric) and how many were dropped, a colour value
-    normalised to 0 = chance .. 1 = full leakage, the cell state (ok / partial / blocked / error),
-    test accuracy and cost. The input of the heatmaps, frontiers and conclusions."""
+    """One row per summarised cell with its attack's headline metric: value (never folded), CI, the
+    number of seeds averaged (``n_seeds``: finite values of that metric) and how many were dropped,
+    its chance line, whether it is distinguishable from chance, the scored targets (and positives of a
+    one-vs-rest question) per seed, a colour value normalised to 0 =
+    chance .. 1 = full leakage (0 as well where the 95% CI reaches the chance line: a chance score
+    must not look like a leak), the cell state (ok / partial / blocked / error), test accuracy and
+    cost. The input of the heatmaps, frontiers and conclusions."""
     import pandas as pd
 
     rows = []
@@ -165,13 +202,10 @@ def leakage_frame(summary):
         metric = headline_metric(attack, have, binary)
         for _, r in g.iterrows():
             v = r.get(metric, math.nan) if metric else math.nan
+            ci = r.get(f"{metric}_ci95", math.nan) if metric else math.nan
             n = r.get(f"{metric}_n", r["n_seeds"]) if metric else r["n_seeds"]
-            n = int(n) if n == n else 0  # seeds averaged: finite values of the headline metric
-            if metric == "leak_auc" and v == v:  # a score that ranks the classes backwards leaks as much
-                v = max(v, 1.0 - v)
-            chance = CHANCE.get(metric or "", 0.0)
-            if metric == "label_acc" and isinstance(r.get("label_chance"), float) and not math.isnan(r["label_chance"]):
-                chance = r["label_chance"]
+            n = int(n) if n == n else 0
+            chance = chance_line(metric, r)
             state = ("partial" if "error" in r["status"] else "ok") if r["n_seeds"] > 0 else \
                 ("blocked" if "blocked" in r["status"] else "error")
             reason = r.get("reason") or ""
@@ -179,13 +213,20 @@ def leakage_frame(summary):
                 state, reason = "n/a", reason.removeprefix(NOT_APPLICABLE)
             cost = next((r.get(c) for c in ("cost.client_s_per_sample", "cost.client_flops")
                          if isinstance(r.get(c), float) and not math.isnan(r[c])), math.nan)
+            significant = above_chance(v, ci, n, chance)
+            if v != v or chance != chance:
+                norm = math.nan
+            else:
+                norm = min(max((v - chance) / (1 - chance), 0.0), 1.0) if significant else 0.0
             rows.append({
                 "dataset": r["dataset"], "depth": int(r["depth"]), "setup": r["setup"], "attack": attack,
                 "attack_label": attack + params_text(r["attack_params"]), "defense": r["defense"],
                 "defense_label": r["defense"] + params_text(r["defense_params"]), "metric": metric,
-                "value": v, "ci": r.get(f"{metric}_ci95", math.nan) if metric else math.nan,
-                "norm": min(max((v - chance) / (1 - chance), 0.0), 1.0) if v == v else math.nan,
-                "state": state, "n_seeds": n, "dropped": int(r["n_seeds"]) - n, "test_acc": r.get("test_acc", math.nan),
+                "value": v, "ci": ci, "chance": chance, "above_chance": significant, "norm": norm,
+                "state": state, "n_seeds": n, "dropped": int(r["n_seeds"]) - n,
+                "targets": _num(r, "n_labels" if metric in ("label_acc", "leak_auc") else "n_targets"),
+                "positives": _num(r, "n_positive"),
+                "test_acc": r.get("test_acc", math.nan),
                 "test_acc_ci": r.get("test_acc_ci95", math.nan), "cost": cost,
                 "reason": reason, "error": r.get("error") or ""})
     return pd.DataFrame(rows)
