@@ -15,8 +15,11 @@ from arena.attacks.label_leak import CosineLabel, NormLabel, two_means_threshold
 from arena.defenses import DEFENSES, Defense
 from arena.models import build_model
 from arena.protocol.train import Data, make_setup, train
-from arena.records import AttackOutput, Capability, Scenario, TrainConfig
+from arena.protocol.transcript import Observation, Truth
+from arena.protocol.view import ServerView
+from arena.records import AttackOutput, Capability, Cell, Scenario, TrainConfig
 from arena.run.runner import make_view
+from arena.scoring.metrics import auc
 from arena.scoring.score import score
 from arena.seeding import seed_everything, torch_generator
 
@@ -85,9 +88,55 @@ def test_norm_label_leaks_the_rare_positive_class_of_a_binary_task(binary):
 def test_norm_label_on_balanced_multiclass_data_is_scored_one_vs_rest(tiny_data, ushaped):
     m, out, view = _run("norm-label", ushaped, tiny_data, positive=3)
     y = ushaped[1].truth.labels(out.ids)
+    positive = (y == 3).long()
+    assert 0 < int(positive.sum()) < len(y)  # both sides present among the targets
     assert m["label_chance"] == pytest.approx(max(float((y == 3).float().mean()), float((y != 3).float().mean())))
-    assert 0 <= m["leak_auc"] <= 1
+    # one-vs-rest: the AUC of the attack's own scores (the norms, as they are) against "label == 3",
+    # and the accuracy of its labels against the same binary truth; not a 10-class comparison
+    assert m["leak_auc"] == pytest.approx(auc(out.label_scores, positive))
+    assert m["label_acc"] == pytest.approx(float((out.labels == positive).float().mean()))
+    assert m["n_positive"] == int(positive.sum()) and m["n_labels"] == len(y)
     assert view.known_labels is None and view.observations()[0].smashed is None  # least privilege
+
+
+def _gradient_view(norms: torch.Tensor, batch: int = 20) -> ServerView:
+    """A view whose 'after' window holds cut gradients of the given norms (random directions)."""
+    g = torch.randn(len(norms), 8, generator=torch.Generator().manual_seed(0))
+    g = g / g.norm(dim=1, keepdim=True) * norms[:, None] / batch  # the batch-mean loss scales by 1/batch
+    obs = tuple(Observation(step=k, ids=torch.arange(k * batch, (k + 1) * batch), cut_grad=g[k * batch:(k + 1) * batch])
+                for k in range(len(norms) // batch))
+    return ServerView(setup="u-shaped", capabilities=frozenset({C.CUT_GRADIENT}), input_shape=(1, 8, 8),
+                      num_classes=2, client_depth=1, label_layers=1, client_arch=torch.nn.Sequential,
+                      tail_arch=torch.nn.Sequential, server_part=torch.nn.Sequential(),
+                      server_part_before=torch.nn.Sequential(), windows={"after": obs})
+
+
+def test_norm_label_direction_is_its_rule_and_never_flipped():
+    """Positives have the larger norms: AUC ≈ 1. The same scores against the reversed truth: the
+    rule is wrong, AUC ≈ 0, and the scorer and the report show it as it is (not 1 − AUC)."""
+    from types import SimpleNamespace
+
+    from arena.report.tables import leakage_frame, summarize
+
+    gen = torch.Generator().manual_seed(1)
+    y = (torch.rand(200, generator=gen) < 0.2).long()  # 20% positives
+    norms = torch.where(y == 1, 3.0, 1.0) + 0.3 * torch.rand(200, generator=gen)
+    out = NormLabel(positive=1).run(_gradient_view(norms), torch_generator(0, "attack"))
+    metrics = {}
+    for name, truth_y in (("right", y), ("reversed", 1 - y)):
+        truth = Truth()
+        truth.add(torch.arange(200), torch.zeros(200, 1, 8, 8), truth_y)
+        metrics[name] = score(out, SimpleNamespace(truth=truth), None, None)
+    assert metrics["right"]["leak_auc"] > 0.9 and metrics["right"]["label_acc"] > 0.9
+    assert metrics["reversed"]["leak_auc"] < 0.1 and metrics["reversed"]["label_acc"] < 0.1
+    cells = [Cell(key=f"{name}-{s}", dataset="digits", model="lenet", depth=1, setup="u-shaped", attack="norm-label",
+                  attack_params={}, defense=name, defense_params={}, seed=s, status="ok", metrics=m,
+                  utility={"test_acc": 0.9})
+             for name, m in metrics.items() for s in range(2)]
+    lf = leakage_frame(summarize(cells)).set_index("defense")
+    assert (lf["metric"] == "leak_auc").all()
+    assert lf.loc["right", "value"] > 0.9 and lf.loc["reversed", "value"] < 0.1  # not folded up to > 0.9
+    assert lf.loc["reversed", "norm"] == 0.0
 
 
 def test_views_hold_exactly_the_declared_knowledge(tiny_data, ushaped):

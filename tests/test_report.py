@@ -174,3 +174,83 @@ def test_conclusions_tell_removed_capabilities_from_defenses_that_do_not_apply()
     lines = _blocked_errors(at, g, "ssim")
     assert lines[0] == "Blocked (the defense removes what the attack needs) by he: x requires smashed, which defense he removes."
     assert lines[1] == "Not applicable here: splitguard (defense splitguard applies to the vanilla setup(s) only)."
+
+
+def _cells(attack: str, values: dict[str, list[float]], defense: str = "none") -> list[Cell]:
+    """One ok cell per seed of ``attack`` vs ``defense`` with the given metric values per seed."""
+    n = len(next(iter(values.values())))
+    return [Cell(key=f"{attack}-{defense}-{s}", dataset="digits", model="lenet", depth=1, setup="u-shaped",
+                 attack=attack, attack_params={}, defense=defense, defense_params={}, seed=s, status="ok",
+                 metrics={k: v[s] for k, v in values.items()}, utility={"test_acc": 0.9}, wall_s=1.0)
+            for s in range(n)]
+
+
+def test_ci95_uses_the_exact_t_quantile_past_10_degrees_of_freedom():
+    stats = pytest.importorskip("scipy.stats")
+    v = [0.5 + 0.01 * ((7 * i) % 11) for i in range(15)]  # 15 seeds: 14 degrees of freedom
+    m, h = ci95(v)
+    assert h == pytest.approx(stats.t.ppf(0.975, 14) * stats.sem(v), rel=1e-9)  # 2.145, not 1.96
+    for n in (12, 30, 200):
+        w = [float(i % 5) for i in range(n)]
+        assert ci95(w)[1] == pytest.approx(stats.t.ppf(0.975, n - 1) * stats.sem(w), rel=1e-9)
+
+
+def test_nan_and_inf_seeds_are_not_counted_in_n():
+    cells = _cells("toy-inversion", {"ssim": [0.5, math.nan, 0.7, math.inf], "mse": [0.1, 0.2, 0.3, 0.4]})
+    row = summarize(cells).iloc[0]
+    assert row["n_seeds"] == 4  # seeds that finished
+    assert row["ssim_n"] == 2 and row["mse_n"] == 4  # values averaged
+    assert row["ssim"] == pytest.approx(0.6)
+    assert row["ssim_ci95"] == pytest.approx(12.706 * 0.1, rel=1e-3)  # sem 0.1, t with 1 df: n = 2
+    assert row["dropped"] == "ssim: 2"
+    lf = leakage_frame(summarize(cells)).iloc[0]
+    assert lf["metric"] == "ssim" and lf["n_seeds"] == 2 and lf["dropped"] == 2
+    from arena.report.tables import format_table
+
+    assert "0.600±1.271 (n=2)" in format_table(summarize(cells)) and "ssim: 2" in format_table(summarize(cells))
+
+
+def test_leak_auc_is_never_folded():
+    # a binary question (label chance >= 0.5) is judged by its leak AUC; 0.3 stays 0.3
+    cells = _cells("toy-label", {"leak_auc": [0.3, 0.3, 0.3], "label_acc": [0.5] * 3, "label_chance": [0.9] * 3})
+    lf = leakage_frame(summarize(cells)).iloc[0]
+    assert lf["metric"] == "leak_auc"
+    assert lf["value"] == pytest.approx(0.3) and lf["norm"] == 0.0 and not lf["above_chance"]
+
+
+def test_a_chance_score_is_not_coloured_as_a_leak():
+    # the mean is above 0.5 but its 95% CI reaches 0.5: coloured as chance, the number still shown
+    noisy = _cells("toy-label", {"leak_auc": [0.45, 0.75, 0.6], "label_chance": [0.9] * 3})
+    clear = _cells("toy-label", {"leak_auc": [0.9, 0.92, 0.94], "label_chance": [0.9] * 3}, defense="noise")
+    lf = leakage_frame(summarize(noisy + clear)).set_index("defense")
+    assert lf.loc["none", "value"] == pytest.approx(0.6) and lf.loc["none", "norm"] == 0.0
+    assert not lf.loc["none", "above_chance"]
+    assert lf.loc["noise", "above_chance"] and lf.loc["noise", "norm"] == pytest.approx((0.92 - 0.5) / 0.5)
+    from arena.report.conclusions import conclude
+
+    text = " ".join(conclude(leakage_frame(summarize(noisy + clear)), "toy-label", "digits"))
+    assert "Chance (AUC 0.5) is 0.500: the attack is not distinguishable from it" in text
+
+
+def test_label_accuracy_chance_is_the_majority_share_of_the_scored_targets():
+    from arena.report.tables import chance_line
+    from arena.scoring.metrics import chance_accuracy
+
+    # 10 classes, but the scored targets are 40% class 3: chance is 0.4, not 1/classes
+    y = torch.tensor([3, 3, 3, 3, 0, 1, 2, 4, 5, 6])
+    assert chance_accuracy(y) == pytest.approx(0.4)
+    cells = _cells("toy-label", {"label_acc": [0.6, 0.7, 0.8], "label_chance": [0.3, 0.4, 0.5]})
+    lf = leakage_frame(summarize(cells)).iloc[0]
+    assert lf["metric"] == "label_acc" and lf["chance"] == pytest.approx(0.4)
+    assert lf["norm"] == pytest.approx((0.7 - 0.4) / 0.6)
+    assert chance_line("label_acc", {"label_acc": 0.7}) != chance_line("label_acc", {"label_acc": 0.7})  # NaN
+    no_chance = leakage_frame(summarize(_cells("toy-label", {"label_acc": [0.6, 0.7, 0.8]}))).iloc[0]
+    assert math.isnan(no_chance["chance"]) and math.isnan(no_chance["norm"])  # no guessed 1/classes
+
+
+def test_report_states_one_chance_definition(run_dir):
+    assert report_main([str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    assert "majority-class share of the scored targets" in md
+    assert "accuracy 1/classes" not in md and "folded to max(AUC, 1 − AUC), since" not in md
+    assert "Chance (the majority-class share of the scored targets) is 0.100" in md

@@ -7,11 +7,17 @@ the gradient of the loss with respect to what it sent. Both attacks read only th
 (CUT_GRADIENT) and the sample ids; the scorer computes ``leak_auc`` and ``label_acc``.
 
 - ``norm-label`` (CUT_GRADIENT only): score ‖g_i‖₂. Li et al.'s attack is binary: in an
-  imbalanced binary task the rare positive class gets larger gradients. On K-class data the
-  attacker asks the one-vs-rest question "is the label ``positive``?" (a parameter); the output
-  carries ``positive_class`` so the scorer compares with that binary truth. Predicted labels split
-  the norms in two by 1-D 2-means (no label knowledge needed). On balanced multi-class data the
-  norm carries little class information (the measured AUC says how little).
+  imbalanced binary task the rare positive class gets larger gradients. That rule is the attack's
+  direction, fixed before it sees anything: **the larger the norm, the more likely positive**
+  (scores are the norms themselves; the predicted positives are the upper 2-means cluster). The
+  scorer and the report never flip it, so where the rule is wrong (e.g. an easy class whose
+  examples end training with small gradients) the AUC is below 0.5 and shown as such. On K-class
+  data the attacker asks the one-vs-rest question "is the label ``positive``?" (a parameter); the
+  output carries ``positive_class`` so the scorer compares with that binary truth (and records
+  ``n_positive``). Predicted labels split the norms in two by 1-D 2-means (no label knowledge
+  needed). On balanced multi-class data the norm carries little class information (the measured
+  AUC says how little). The targets are every example of the window: ``record_steps`` batches of
+  the transcript (one batch at ``record_steps = 1``, about 1/classes of them positive).
 - ``cosine-label`` (CUT_GRADIENT + KNOWN_LABELS): Li et al.'s direction score: the cosine of g_i
   with the gradient of a known example of a class. The attacker is assumed to know the labels of
   ``known_per_class`` observed examples per class (Li et al.: one known positive); the view hands
@@ -79,7 +85,7 @@ class NormLabel(Attack):
         if self.positive >= view.num_classes:
             raise ValueError(f"positive={self.positive} but the task has {view.num_classes} classes")
         ids, g = cut_gradients(view, self.window)
-        norms = g.norm(dim=1)
+        norms = g.norm(dim=1)  # Li et al.'s rule: positives have the larger norms (score = norm, never flipped)
         labels = (norms > two_means_threshold(norms)).long()
         return AttackOutput(ids=ids, labels=labels, label_scores=norms.float(), positive_class=self.positive)
 

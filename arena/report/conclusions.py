@@ -57,8 +57,10 @@ def conclude(lf, attack_label: str, dataset: str) -> list[str]:
     where = f"at depth {depth}" + (f" (of depths {', '.join(map(str, sorted(g['depth'].unique())))})"
                                    if g["depth"].nunique() > 1 else "")
     if ref is not None:
-        out.append(f"Undefended {where}: {metric} {_pm(ref.value, ref.ci)} (n = {ref.n_seeds} seed{'s' if ref.n_seeds != 1 else ''}), "
-                   f"{_acc(ref)}.")
+        out.append(f"Undefended {where}: {metric} {_pm(ref.value, ref.ci)} (n = {ref.n_seeds} seed{'s' if ref.n_seeds != 1 else ''}"
+                   f"{_targets(ref)}), {_acc(ref)}.")
+        if metric in CHANCE_TEXT:
+            out.append(_vs_chance(ref, metric))
         base = _baseline(lf, dataset, depth, metric)
         if base is not None and attack_label != base.attack_label:
             if min(ref.n_seeds, base.n_seeds) < 2:
@@ -111,6 +113,36 @@ def _blocked_errors(at, g, metric: str) -> list[str]:
         out.append(f"Failed (error) with {', '.join(dict.fromkeys(errors['defense_label']))}: "
                    f"{errors['error'].iloc[0] or 'see the error list'}.")
     return out + _depth_trend(g, metric)
+
+
+# how each label/stealing metric's chance line is defined (arena.report.tables.chance_line)
+CHANCE_TEXT = {"label_acc": "the majority-class share of the scored targets",
+               "leak_auc": "AUC 0.5", "clone_acc": "1/classes"}
+
+
+def _targets(r) -> str:
+    """", 56 targets per seed (4.0 positive)": how many examples a label attack was scored on."""
+    t, p = getattr(r, "targets", math.nan), getattr(r, "positives", math.nan)
+    if not isinstance(t, float) or t != t:
+        return ""
+    pos = f", {p:.1f} positive" if isinstance(p, float) and p == p else ""
+    return f"; {t:.0f} targets per seed{pos}"
+
+
+def _vs_chance(r, metric: str) -> str:
+    """Is the undefended leakage distinguishable from its chance line (95% CI)?"""
+    chance = getattr(r, "chance", math.nan)
+    if not isinstance(chance, float) or chance != chance:
+        return f"No chance line for {metric} (the cells lack label_chance)."
+    s = f"Chance ({CHANCE_TEXT[metric]}) is {chance:.3f}: the attack is "
+    if r.n_seeds < 2:
+        return s + ("above" if r.value > chance else "not above") + " it (one seed: no confidence interval)."
+    ci = r.ci if isinstance(r.ci, float) and r.ci == r.ci else math.inf
+    if r.value - ci > chance:
+        return s + "clearly above it."
+    if r.value + ci < chance:
+        return s + "below it" + (" (its rule ranks the classes backwards)." if metric == "leak_auc" else ".")
+    return s + "not distinguishable from it at this number of seeds and targets."
 
 
 def _change(what: str, r, ref, metric: str) -> str:

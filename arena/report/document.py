@@ -61,13 +61,21 @@ def _header(out: Path, cells) -> list[Block]:
 
 def _how_to_read() -> list[Block]:
     return [("h", 2, "How to read this report"), ("ul", [
-        "Every number is a **mean over seeds with its 95% confidence interval** (Student t); `n` is the number "
-        "of seeds that finished. A single seed has no interval.",
+        "Every number is a **mean over seeds with its 95% confidence interval** (Student t, exact quantile); "
+        "`n` is the number of seeds averaged: seeds that finished with a finite value (a NaN or inf seed is "
+        "left out of the mean and of `n`, and the table says so). A single seed has no interval.",
         "Each attack is judged by one **headline leakage metric** (higher = more leakage): SSIM for inversion "
         "and hijacking, clone test accuracy for model stealing, label accuracy (else leak AUC) for label "
-        "inference; a leak AUC is folded to max(AUC, 1 − AUC), since a score that ranks the classes backwards "
-        "separates them as well. Heatmap colours rescale the metric to 0 = chance (SSIM 0, accuracy 1/classes, "
-        "AUC 0.5) .. 1 = perfect.",
+        "inference. A leak AUC is shown as computed, never folded to max(AUC, 1 − AUC): each attack states "
+        "before it sees the truth which side of its score means positive (norm-label: the larger gradient "
+        "norm), so an AUC below 0.5 means its rule ranks the classes backwards, and a score with no signal "
+        "stays near 0.5.",
+        "**Chance lines**: SSIM 0, clone accuracy 0.1 (1/classes on the balanced 10-class test sets), leak "
+        "AUC 0.5, and label accuracy the **majority-class share of the scored targets** (the accuracy of "
+        "always guessing the most common label among exactly the examples the attack labelled, mean over "
+        "seeds; for a one-vs-rest question the larger side's share, not 1/classes). Heatmap colours rescale "
+        "the metric to 0 = chance .. 1 = perfect; a cell whose 95% CI reaches its chance line is coloured as "
+        "chance (its number is still written), so a chance score cannot look like a leak.",
         "**blocked** (grey, hatched): the defense removes a capability the attack requires, so the attack "
         "cannot run; **n/a** (light grey): the defense is not defined for the cell's setup (e.g. SplitGuard "
         "only guards the vanilla setup); **error** (red, hatched): the cell failed. None is ever counted as "
@@ -109,8 +117,11 @@ def _attack_table(g) -> tuple[list[str], list[list[str]]]:
         if r.state in ("blocked", "n/a", "error"):
             rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", _cost(r.cost), f"{r.state}: {_why(r)}"])
         else:
+            dropped = getattr(r, "dropped", 0)
+            state = r.state + (f" ({dropped} seed{'s' if dropped != 1 else ''} without a finite {metric}: "
+                               "left out)" if dropped else "")
             rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, _pm(r.value, r.ci),
-                         _pm(r.test_acc, r.test_acc_ci), _cost(r.cost), r.state])
+                         _pm(r.test_acc, r.test_acc_ci), _cost(r.cost), state])
     return header, rows
 
 

@@ -44,7 +44,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def heatmap(lf, dataset: str, path: Path) -> Path:
-    """Attack × defense leakage for one dataset: colour = leakage above chance, text = mean ± CI."""
+    """Attack × defense leakage for one dataset: colour = leakage above chance (as chance where the
+    95% CI reaches the chance line), text = mean ± CI."""
     sns, plt = _libs()
     import numpy as np
 
@@ -61,7 +62,7 @@ def heatmap(lf, dataset: str, path: Path) -> Path:
             norm[rows.index(row), cols.index(col)] = r.norm
     fig, ax = plt.subplots(figsize=(max(6.0, 1.25 * len(cols) + 4.5), max(2.5, 0.55 * len(rows) + 1.6)))
     sns.heatmap(norm, mask=np.isnan(norm), cmap="rocket_r", vmin=0, vmax=1, linewidths=1, linecolor="white",
-                cbar_kws={"label": "leakage above chance (0 = chance, 1 = perfect)"}, ax=ax,
+                cbar_kws={"label": "leakage above chance (0 = chance or within\nthe 95% CI of it, 1 = perfect)"}, ax=ax,
                 xticklabels=cols, yticklabels=rows)
     ax.set_facecolor("white")
     small = 7 if len(cols) > 8 else 8

@@ -1,11 +1,21 @@
 """Tables derived from stored cells: the per-setting summary (summary.csv), the printed table and
 the leakage frame that the heatmaps, frontiers and conclusions read.
 
-Every figure is a mean over seeds with a 95% confidence interval (Student t); the number of seeds
-is a column of its own. Each attack is judged by one headline leakage metric chosen by its kind
+Every figure is a mean over seeds with a 95% confidence interval (Student t, exact quantile). Only
+finite values are averaged: ``n_seeds`` is the number of seeds that finished, ``<metric>_n`` the
+number of values that went into ``<metric>``'s mean, and ``dropped`` names the metrics some finished
+seed had no finite value for. Each attack is judged by one headline leakage metric chosen by its kind
 (`headline_metric`): SSIM for inversion, clone accuracy for stealing, label accuracy (else leak
-AUC) for label inference; higher always means more leakage. The figures are in `arena.report.plots`, the
-document (with the per-attack conclusions) in `arena.report.document`.
+AUC) for label inference; higher means more leakage. A leak AUC is shown as the scorer computed it,
+never folded to max(AUC, 1 − AUC): an attack commits to which side of its score is "positive"
+before it sees the truth, so an AUC below 0.5 means its rule ranks the classes backwards.
+
+The chance line of each headline metric (`chance_line`): SSIM 0; clone accuracy 1/10 (the
+balanced 10-class test sets); leak AUC 0.5; label accuracy the **majority-class share of the scored
+targets** (``label_chance``: the accuracy of always guessing the most common label among exactly the
+examples the attack labelled, averaged over seeds; for a one-vs-rest question that is the share of
+the larger side, not 1/classes). The figures are in `arena.report.plots`, the document (with the
+per-attack conclusions) in `arena.report.document`.
 """
 from __future__ import annotations
 
@@ -16,7 +26,7 @@ from typing import Sequence
 
 from ..records import NOT_APPLICABLE, Cell, not_applicable
 from ..run.store import read_cells
-from .statistics import ci95
+from .statistics import estimate
 
 CELL_COLUMNS = ["dataset", "model", "depth", "setup", "attack", "attack_params", "defense", "defense_params"]
 HEADLINE = ["mse", "psnr", "ssim", "clone_acc", "label_acc", "leak_auc", "test_acc"]
@@ -62,7 +72,12 @@ def cells_frame(cells: list[Cell]):
 
 
 def summarize(cells: list[Cell]):
-    """One row per cell definition: status, seeds, and mean ± CI of every numeric column."""
+    """One row per cell definition: status, seeds, and mean ± CI of every numeric column.
+
+    ``n_seeds`` counts the seeds that finished (status ok); ``<col>_n`` the finite values averaged
+    into ``<col>`` (a NaN or inf seed is left out of the mean and not counted); ``dropped`` lists,
+    e.g. ``leak_auc: 1``, the columns that some finished seed had no finite value for (columns no
+    finished seed reports are not listed)."""
     import pandas as pd
 
     df = cells_frame(cells)
@@ -79,10 +94,13 @@ def summarize(cells: list[Cell]):
         row["n_seeds"] = len(ok)
         row["reason"] = next((r for r in g["reason"] if isinstance(r, str)), "")
         row["error"] = next((r for r in g["error"] if isinstance(r, str)), "")
+        dropped = []
         for col in numeric:
-            m, h = ci95(ok[col].tolist())
-            row[col] = m
-            row[f"{col}_ci95"] = h
+            e = estimate(ok[col].tolist())
+            row[col], row[f"{col}_ci95"], row[f"{col}_n"] = e.mean, e.ci, e.n
+            if e.n and e.dropped:
+                dropped.append(f"{col}: {e.dropped}")
+        row["dropped"] = "; ".join(dropped)
         out.append(row)
     return pd.DataFrame(out)
 
@@ -99,11 +117,13 @@ def format_table(summary) -> str:
         dfn = r["defense"] + (f" {r['defense_params']}" if r["defense_params"] else "")
         vals = []
         for c in cols:
-            m, h = r.get(c), r.get(f"{c}_ci95")
+            m, h, n = r.get(c), r.get(f"{c}_ci95"), r.get(f"{c}_n")
             if m is None or (isinstance(m, float) and math.isnan(m)):
                 vals.append("-")
             else:
-                vals.append(f"{m:.3f}" + (f"±{h:.3f}" if h and not math.isnan(h) else ""))
+                fewer = isinstance(n, (int, float)) and n == n and n < r["n_seeds"]  # NaN/inf seeds dropped
+                vals.append(f"{m:.3f}" + (f"±{h:.3f}" if h and not math.isnan(h) else "")
+                            + (f" (n={int(n)})" if fewer else ""))
         status = r["status"] if r["status"] != "blocked" else "n/a" if not_applicable(r["reason"]) else "BLOCKED"
         lines.append([r["dataset"], str(r["depth"]), r["setup"], _short(atk), _short(dfn), status,
                       str(r["n_seeds"])] + vals)
@@ -113,6 +133,10 @@ def format_table(summary) -> str:
              if r["status"] == "blocked" and r["reason"]]
     errors = [f"- {r['attack']} vs {r['defense']} (depth {r['depth']}): {r['error']}"
               for _, r in summary.iterrows() if "error" in r["status"] and r["error"]]
+    dropped = [f"- {r['attack']} vs {r['defense']} (depth {r['depth']}): {r['dropped']}"
+               for _, r in summary.iterrows() if isinstance(r.get("dropped"), str) and r["dropped"]]
+    if dropped:
+        text += "\nNaN/inf seeds left out of the mean (metric: seeds dropped):\n" + "\n".join(dropped)
     if notes:
         text += "\nblocked:\n" + "\n".join(dict.fromkeys(notes))
     if errors:
@@ -130,13 +154,43 @@ def params_text(js: str) -> str:
     return "(" + ",".join(f"{k}={v}" for k, v in json.loads(js).items()) + ")"
 
 
-CHANCE = {"ssim": 0.0, "clone_acc": 0.1, "label_acc": 0.1, "leak_auc": 0.5}
+# Fixed chance lines; label accuracy has none here: its chance line is each setting's label_chance.
+CHANCE = {"ssim": 0.0, "clone_acc": 0.1, "leak_auc": 0.5}
+
+
+def chance_line(metric: str | None, row) -> float:
+    """The chance line of a headline metric for one summary row (see the module docstring): label
+    accuracy's is the row's ``label_chance`` (majority-class share of the scored targets, mean over
+    seeds; NaN where the cells lack it), the others are fixed (`CHANCE`; 0 for an unknown metric)."""
+    if metric == "label_acc":
+        v = row.get("label_chance", math.nan)
+        return float(v) if isinstance(v, (int, float)) else math.nan
+    return CHANCE.get(metric or "", 0.0)
+
+
+def above_chance(value: float, ci: float, n: int, chance: float) -> bool:
+    """Whether a mean is distinguishable from its chance line: the lower end of its 95% CI lies above
+    the line. One value has no interval: it counts when it is above the line (the figures say n = 1)."""
+    if value != value or chance != chance:
+        return False
+    if n < 2:
+        return value > chance
+    return value - (ci if ci == ci else math.inf) > chance
+
+
+def _num(row, col: str) -> float:
+    v = row.get(col, math.nan)
+    return float(v) if isinstance(v, (int, float)) else math.nan
 
 
 def leakage_frame(summary):
-    """One row per summarised cell with its attack's headline metric: value, CI, a colour value
-    normalised to 0 = chance .. 1 = full leakage, the cell state (ok / partial / blocked / error),
-    test accuracy and cost. The input of the heatmaps, frontiers and conclusions."""
+    """One row per summarised cell with its attack's headline metric: value (never folded), CI, the
+    number of seeds averaged (``n_seeds``: finite values of that metric) and how many were dropped,
+    its chance line, whether it is distinguishable from chance, the scored targets (and positives of a
+    one-vs-rest question) per seed, a colour value normalised to 0 =
+    chance .. 1 = full leakage (0 as well where the 95% CI reaches the chance line: a chance score
+    must not look like a leak), the cell state (ok / partial / blocked / error), test accuracy and
+    cost. The input of the heatmaps, frontiers and conclusions."""
     import pandas as pd
 
     rows = []
@@ -148,11 +202,10 @@ def leakage_frame(summary):
         metric = headline_metric(attack, have, binary)
         for _, r in g.iterrows():
             v = r.get(metric, math.nan) if metric else math.nan
-            if metric == "leak_auc" and v == v:  # a score that ranks the classes backwards leaks as much
-                v = max(v, 1.0 - v)
-            chance = CHANCE.get(metric or "", 0.0)
-            if metric == "label_acc" and isinstance(r.get("label_chance"), float) and not math.isnan(r["label_chance"]):
-                chance = r["label_chance"]
+            ci = r.get(f"{metric}_ci95", math.nan) if metric else math.nan
+            n = r.get(f"{metric}_n", r["n_seeds"]) if metric else r["n_seeds"]
+            n = int(n) if n == n else 0
+            chance = chance_line(metric, r)
             state = ("partial" if "error" in r["status"] else "ok") if r["n_seeds"] > 0 else \
                 ("blocked" if "blocked" in r["status"] else "error")
             reason = r.get("reason") or ""
@@ -160,13 +213,20 @@ def leakage_frame(summary):
                 state, reason = "n/a", reason.removeprefix(NOT_APPLICABLE)
             cost = next((r.get(c) for c in ("cost.client_s_per_sample", "cost.client_flops")
                          if isinstance(r.get(c), float) and not math.isnan(r[c])), math.nan)
+            significant = above_chance(v, ci, n, chance)
+            if v != v or chance != chance:
+                norm = math.nan
+            else:
+                norm = min(max((v - chance) / (1 - chance), 0.0), 1.0) if significant else 0.0
             rows.append({
                 "dataset": r["dataset"], "depth": int(r["depth"]), "setup": r["setup"], "attack": attack,
                 "attack_label": attack + params_text(r["attack_params"]), "defense": r["defense"],
                 "defense_label": r["defense"] + params_text(r["defense_params"]), "metric": metric,
-                "value": v, "ci": r.get(f"{metric}_ci95", math.nan) if metric else math.nan,
-                "norm": min(max((v - chance) / (1 - chance), 0.0), 1.0) if v == v else math.nan,
-                "state": state, "n_seeds": int(r["n_seeds"]), "test_acc": r.get("test_acc", math.nan),
+                "value": v, "ci": ci, "chance": chance, "above_chance": significant, "norm": norm,
+                "state": state, "n_seeds": n, "dropped": int(r["n_seeds"]) - n,
+                "targets": _num(r, "n_labels" if metric in ("label_acc", "leak_auc") else "n_targets"),
+                "positives": _num(r, "n_positive"),
+                "test_acc": r.get("test_acc", math.nan),
                 "test_acc_ci": r.get("test_acc_ci95", math.nan), "cost": cost,
                 "reason": reason, "error": r.get("error") or ""})
     return pd.DataFrame(rows)

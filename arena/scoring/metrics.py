@@ -169,7 +169,10 @@ def accuracy_from_logits(logits, true_labels) -> float:
 
 
 def chance_accuracy(labels) -> float:
-    """Accuracy of always predicting the majority class: the baseline an attack must beat."""
+    """Accuracy of always predicting the majority class: the share of the most common label among
+    ``labels``. The one chance line of label accuracy in arena (the scorer applies it to exactly the
+    targets an attack labelled; for a one-vs-rest question it is the larger side's share, not
+    1/classes): a label attack must beat it."""
     t = _labels(labels, "labels")
     _, counts = torch.unique(t, return_counts=True)
     return float(counts.max().item() / t.numel())

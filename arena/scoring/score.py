@@ -4,6 +4,13 @@ Metric names are shared by every attack of a kind: ``mse``/``psnr``/``ssim`` for
 (data range 1.0, reconstructions clamped to [0,1]), ``clone_acc`` for stolen client parts,
 ``label_acc`` (with ``label_chance``) and ``leak_auc`` for labels; ``mse@<step>`` for a curve of
 reconstructions taken during training (``extra["curve"] = [(step, ids, reconstructions), ...]``).
+
+Labels: ``label_chance`` is the majority-class share of the scored targets (the accuracy of always
+guessing their most common label: the baseline ``label_acc`` must beat), ``n_labels`` the number of
+scored targets and, when the attack answered a one-vs-rest question (``positive_class``), ``n_positive``
+how many of them are positive. ``leak_auc`` is the ROC AUC of the attack's scores as they are, with
+the attack's own orientation (higher score = positive): it is never folded to max(AUC, 1 − AUC),
+so a score that ranks the classes backwards gets an AUC below 0.5.
 """
 from __future__ import annotations
 
@@ -54,13 +61,15 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
         y = truth.labels(out.ids)
         return y if out.positive_class is None else (y == out.positive_class).long()
 
-    if out.labels is not None:
+    if out.labels is not None or out.label_scores is not None:
         y = true_labels()
+        m["n_labels"] = float(len(y))
+        if out.positive_class is not None:
+            m["n_positive"] = float(y.sum())
+    if out.labels is not None:
         m["label_acc"] = metrics.accuracy(out.labels.cpu(), y)
         m["label_chance"] = metrics.chance_accuracy(y)
-        m["n_labels"] = float(len(y))
     if out.label_scores is not None:
-        y = true_labels()
         s = out.label_scores.detach().cpu().double()
         try:
             m["leak_auc"] = metrics.multiclass_auc(s, y) if s.ndim == 2 else metrics.auc(s, y)
