@@ -108,6 +108,12 @@ def _blocked_errors(at, g, metric: str) -> list[str]:
     if len(na):
         names = ", ".join(dict.fromkeys(na["defense_label"]))
         out.append(f"Not applicable here: {names} ({na['reason'].iloc[0]}).")
+    ne, denied = at[at["state"] == "n/e"], at[at["state"] == "denied"]
+    if len(ne):
+        names = ", ".join(dict.fromkeys(ne["defense_label"]))
+        out.append(f"Not evaluated under {names}, and not protected: {ne['reason'].iloc[0]}.")
+    if len(denied):
+        out.append(f"Denied by this experiment's threat model: {denied['reason'].iloc[0]}.")
     errors = at[at["state"] == "error"]
     if len(errors):
         out.append(f"Failed (error) with {', '.join(dict.fromkeys(errors['defense_label']))}: "

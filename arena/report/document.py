@@ -78,8 +78,15 @@ def _how_to_read() -> list[Block]:
         "chance (its number is still written), so a chance score cannot look like a leak.",
         "**blocked** (grey, hatched): the defense removes a capability the attack requires, so the attack "
         "cannot run; **n/a** (light grey): the defense is not defined for the cell's setup (e.g. SplitGuard "
-        "only guards the vanilla setup); **error** (red, hatched): the cell failed. None is ever counted as "
-        "zero leakage.",
+        "only guards the vanilla setup); **not evaluated** (yellow, dotted): the defense does not send what "
+        "the attack needs in plaintext, but the server can rebuild it from what it does see (HE with a "
+        "trained server layer: dL/dW and the cut gradient give back the activations), and no attack here "
+        "rebuilds it yet: the defense gets **no** credit; **denied** (lavender): the experiment's threat "
+        "model denies an assumption the attack needs; **error** (red, hatched): the cell failed. None is ever "
+        "counted as zero leakage.",
+        "A defense that moves the cut (he) is labelled with the split that actually ran, e.g. `he [runs at "
+        "depth 5, u-shaped]`; each attack's section states its threat model: the capabilities the server "
+        "was granted.",
         "Frontier plots: leakage vs test accuracy, one point per defense setting; marker area grows with "
         "the client's cost (measured client seconds per sample); the dashed line joins the best trade-offs.",
     ])]
@@ -114,7 +121,7 @@ def _attack_table(g) -> tuple[list[str], list[list[str]]]:
     header = ["dataset", "depth", "defense", "n", metric, "test acc", "client cost / sample", "status"]
     rows = []
     for r in g.sort_values(["dataset", "depth", "defense", "defense_label"]).itertuples():
-        if r.state in ("blocked", "n/a", "error"):
+        if r.state in ("blocked", "n/a", "n/e", "denied", "error"):
             rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", _cost(r.cost), f"{r.state}: {_why(r)}"])
         else:
             dropped = getattr(r, "dropped", 0)
@@ -160,6 +167,10 @@ def build_report(out: Path) -> Path:
         g = lf[lf["attack_label"] == label]
         kind = attack_kind(g["attack"].iloc[0]) or "unknown kind"
         blocks.append(("h", 3, f"{label} ({kind})"))
+        granted = [x for x in dict.fromkeys(g.loc[g["state"].isin(["ok", "partial"]), "granted"]) if x]
+        if granted:
+            blocks.append(("p", "**Threat model**: the server was granted " + "; or ".join(f"`{x}`" for x in granted)
+                           + " (what the attack declared, as far as each defended protocol hands it over)."))
         if not plot_error and g["state"].isin(["ok", "partial"]).any():
             path = plots.frontier(lf, label, figdir / f"frontier-{_slug(label)}.png")
             blocks.append(("img", str(path.relative_to(out)), f"{label}: privacy–utility frontier"))
@@ -178,7 +189,7 @@ def build_report(out: Path) -> Path:
         if shots:
             blocks.append(("p", "Reconstructions (top row true, bottom row reconstructed; lowest seed):"))
             blocks.append(("gallery", [(v, f"{k[1]} depth {k[2]}, {k[3]}") for k, v in shots]))
-    bad = lf[lf["state"].isin(["blocked", "n/a", "error"])]
+    bad = lf[lf["state"].isin(["blocked", "n/a", "n/e", "denied", "error"])]
     if len(bad):
         blocks.append(("h", 2, "Blocked, not applicable and failed cells"))
         blocks.append(("table", ["dataset", "depth", "attack", "defense", "status", "why"],

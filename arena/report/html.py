@@ -66,7 +66,7 @@ def _inline(text: str) -> str:
 def _td(v: Any) -> str:
     s = str(v)
     cls = " class='blocked'" if s.startswith("blocked") else " class='error'" if s.startswith("error") else \
-        " class='na'" if s.startswith("n/a") else ""
+        " class='na'" if s.startswith(("n/a", "n/e", "denied")) else ""
     return f"<td{cls}>{_inline(s)}</td>"
 
 

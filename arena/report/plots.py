@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 
 STATE_STYLE = {"blocked": ("#d9d9d9", "///", "blocked"), "error": ("#f4c7c3", "xx", "error"),
-               "n/a": ("#f2f2f2", "", "n/a")}  # n/a: the defense does not apply to the cell's setup
+               "n/a": ("#f2f2f2", "", "n/a"),
+               # n/e: the server could rebuild what the attack needs; not evaluated, never "protected"
+               "n/e": ("#fde9a9", "..", "not\nevaluated"), "denied": ("#e8e8f4", "\\\\", "denied")}  # n/a: the defense does not apply to the cell's setup
 
 
 class PlotError(RuntimeError):
@@ -142,7 +144,7 @@ def frontier(lf, attack_label: str, path: Path) -> Path:
             ax.plot(front["test_acc"], front["value"], ls="--", color="grey", lw=1, zorder=0,
                     label="frontier (best trade-offs)")
         notes = [f"{s}: " + ", ".join(dict.fromkeys(g.loc[g["state"] == s, "defense_label"]))
-                 for s in ("blocked", "n/a", "error") if (g["state"] == s).any()]
+                 for s in ("blocked", "n/a", "n/e", "denied", "error") if (g["state"] == s).any()]
         if notes:
             ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
                     bbox={"facecolor": "#eeeeee", "edgecolor": "#999999", "hatch": "//", "alpha": 0.9})

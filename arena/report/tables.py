@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ..records import NOT_APPLICABLE, Cell, not_applicable
+from ..records import DENIED, NOT_APPLICABLE, NOT_EVALUATED, Cell, not_applicable
 from ..run.store import read_cells
 from .statistics import estimate
 
@@ -63,7 +63,8 @@ def cells_frame(cells: list[Cell]):
         row["attack_params"] = json.dumps(c.attack_params, sort_keys=True) if c.attack_params else ""
         row["defense_params"] = json.dumps(c.defense_params, sort_keys=True) if c.defense_params else ""
         row |= {"seed": c.seed, "status": c.status, "wall_s": c.wall_s, "reason": c.reason,
-                "error": (c.error or "").splitlines()[0] if c.error else None}
+                "error": (c.error or "").splitlines()[0] if c.error else None,
+                "ran_at": _ran_at(c), "granted": ", ".join(c.granted)}
         row |= {k: v for k, v in c.metrics.items() if isinstance(v, (int, float))}
         row |= {k: v for k, v in c.utility.items()}
         row |= {f"cost.{k}": v for k, v in c.cost.items() if isinstance(v, (int, float))}
@@ -83,7 +84,8 @@ def summarize(cells: list[Cell]):
     df = cells_frame(cells)
     if df.empty:
         return df
-    numeric = [c for c in df.columns if c not in CELL_COLUMNS + ["seed", "status", "reason", "error"]
+    numeric = [c for c in df.columns if c not in CELL_COLUMNS + ["seed", "status", "reason", "error", "ran_at",
+                                                                  "granted"]
                and pd.api.types.is_numeric_dtype(df[c])]
     out = []
     for key, g in df.groupby(CELL_COLUMNS, sort=True, dropna=False):
@@ -94,6 +96,8 @@ def summarize(cells: list[Cell]):
         row["n_seeds"] = len(ok)
         row["reason"] = next((r for r in g["reason"] if isinstance(r, str)), "")
         row["error"] = next((r for r in g["error"] if isinstance(r, str)), "")
+        row["ran_at"] = next((r for r in g["ran_at"] if r), "")
+        row["granted"] = next((r for r in g["granted"] if r), "")
         dropped = []
         for col in numeric:
             e = estimate(ok[col].tolist())
@@ -124,7 +128,7 @@ def format_table(summary) -> str:
                 fewer = isinstance(n, (int, float)) and n == n and n < r["n_seeds"]  # NaN/inf seeds dropped
                 vals.append(f"{m:.3f}" + (f"±{h:.3f}" if h and not math.isnan(h) else "")
                             + (f" (n={int(n)})" if fewer else ""))
-        status = r["status"] if r["status"] != "blocked" else "n/a" if not_applicable(r["reason"]) else "BLOCKED"
+        status = r["status"] if r["status"] != "blocked" else blocked_state(r["reason"])[0].upper()
         lines.append([r["dataset"], str(r["depth"]), r["setup"], _short(atk), _short(dfn), status,
                       str(r["n_seeds"])] + vals)
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
@@ -209,8 +213,8 @@ def leakage_frame(summary):
             state = ("partial" if "error" in r["status"] else "ok") if r["n_seeds"] > 0 else \
                 ("blocked" if "blocked" in r["status"] else "error")
             reason = r.get("reason") or ""
-            if state == "blocked" and not_applicable(reason):  # the defense is not defined for this setup
-                state, reason = "n/a", reason.removeprefix(NOT_APPLICABLE)
+            if state == "blocked":  # blocked, n/a, not evaluated (n/e) or denied: each shown as itself
+                state, reason = blocked_state(reason)
             cost = next((r.get(c) for c in ("cost.client_s_per_sample", "cost.client_flops")
                          if isinstance(r.get(c), float) and not math.isnan(r[c])), math.nan)
             significant = above_chance(v, ci, n, chance)
@@ -221,7 +225,9 @@ def leakage_frame(summary):
             rows.append({
                 "dataset": r["dataset"], "depth": int(r["depth"]), "setup": r["setup"], "attack": attack,
                 "attack_label": attack + params_text(r["attack_params"]), "defense": r["defense"],
-                "defense_label": r["defense"] + params_text(r["defense_params"]), "metric": metric,
+                "defense_label": r["defense"] + params_text(r["defense_params"]) + (
+                    f" [{r['ran_at']}]" if r.get("ran_at") else ""), "metric": metric,
+                "granted": r.get("granted") or "",
                 "value": v, "ci": ci, "chance": chance, "above_chance": significant, "norm": norm,
                 "state": state, "n_seeds": n, "dropped": int(r["n_seeds"]) - n,
                 "targets": _num(r, "n_labels" if metric in ("label_acc", "leak_auc") else "n_targets"),
@@ -230,6 +236,29 @@ def leakage_frame(summary):
                 "test_acc_ci": r.get("test_acc_ci95", math.nan), "cost": cost,
                 "reason": reason, "error": r.get("error") or ""})
     return pd.DataFrame(rows)
+
+
+def blocked_state(reason: str | None) -> tuple[str, str]:
+    """(state, reason without its prefix) of a blocked cell: "n/a" (the defense is not defined for the
+    setup), "n/e" (not evaluated: the server could rebuild what the attack needs, but no attack here
+    does: never a defense that works), "denied" (the experiment's threat model denies an assumption the
+    attack needs) or "blocked" (the defense removes what the attack needs)."""
+    r = reason or ""
+    if not_applicable(r):
+        return "n/a", r.removeprefix(NOT_APPLICABLE)
+    if r.startswith(NOT_EVALUATED):
+        return "n/e", r.removeprefix(NOT_EVALUATED)
+    if r.startswith(DENIED):
+        return "denied", r.removeprefix(DENIED)
+    return "blocked", r
+
+
+def _ran_at(c: Cell) -> str:
+    """Where the split ran, when a defense moved it from the cell's nominal depth/setup (else "")."""
+    e = c.effective or {}
+    if not e or (e.get("depth") == c.depth and e.get("setup") == c.setup):
+        return ""
+    return f"runs at depth {e.get('depth')}, {e.get('setup')}"
 
 
 def write_summary(out_dir: str | Path) -> str:
