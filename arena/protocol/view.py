@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import weakref
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
@@ -56,10 +57,11 @@ def _serve(conn: Connection, answer: Callable[[torch.Tensor], torch.Tensor]) -> 
 
 def _stop(conn: Connection, pid: int | None) -> None:
     conn.close()
-    if pid is not None:
+    if pid is not None:  # kill, don't wait for EOF: a later fork may hold a copy of this pipe's end
         try:
+            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        except ChildProcessError:
+        except (ProcessLookupError, ChildProcessError):
             pass
 
 
