@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arena.protocol.transcript import resolve
 from arena.attacks import ATTACKS
 from arena.attacks.label_leak import CosineLabel, NormLabel, two_means_threshold
 from arena.defenses import DEFENSES, Defense
@@ -87,7 +88,7 @@ def test_norm_label_leaks_the_rare_positive_class_of_a_binary_task(binary):
 
 def test_norm_label_on_balanced_multiclass_data_is_scored_one_vs_rest(tiny_data, ushaped):
     m, out, view = _run("norm-label", ushaped, tiny_data, positive=3)
-    y = ushaped[1].truth.labels(out.ids)
+    y = ushaped[1].truth.labels(resolve(out.ids, ushaped[1].transcript))
     positive = (y == 3).long()
     assert 0 < int(positive.sum()) < len(y)  # both sides present among the targets
     assert m["label_chance"] == pytest.approx(max(float((y == 3).float().mean()), float((y != 3).float().mean())))
@@ -146,7 +147,7 @@ def test_views_hold_exactly_the_declared_knowledge(tiny_data, ushaped):
         for w in ("before", "after"):
             ids, y = view.known_labels[w]
             counts = torch.bincount(y, minlength=10)
-            assert int(counts.max()) <= k and torch.equal(res.truth.labels(ids), y)
+            assert int(counts.max()) <= k and torch.equal(res.truth.labels(resolve(ids, res.transcript)), y)
         assert view.client_weights is None and view.query is None and view.aux is None and view.train_data is None
         assert view.observations()[0].labels is None
 

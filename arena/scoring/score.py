@@ -36,7 +36,7 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
     if (out.reconstructions is not None or out.labels is not None or out.label_scores is not None) \
             and out.ids is None:
         raise ScoringError("attack output has predictions but no sample ids")
-    if out.ids is not None:  # opaque handles back to sample ids: only the scorer can
+    if out.ids is not None and bool((torch.as_tensor(out.ids) < 0).any()):  # opaque handles: only the scorer maps them
         out = dataclasses.replace(out, ids=resolve(out.ids, result.transcript))
     if out.reconstructions is not None:
         x = truth.inputs(out.ids)
