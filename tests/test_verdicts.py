@@ -262,3 +262,30 @@ def test_cells_of_an_older_schema_are_recomputed_not_mixed(tmp_path):
     with pytest.warns(UserWarning, match="older schema"):
         assert read_cells(tmp_path) == [] and store.done_keys() == set()
     assert read_cells(tmp_path, older=True)[0].schema == SCHEMA - 1
+
+
+def test_a_normal_run_shows_no_library_warning(run_matrix, recwarn):
+    """FSHA, SplitGuard and DP-SGD runs used to print PyTorch's "Full backward hook is firing"."""
+    run_matrix("""
+[experiment]
+datasets = ["digits"]
+depths = [1]
+n_train = 200
+n_test = 100
+n_aux = 100
+[train]
+epochs = 1
+max_steps = 3
+[[attacks]]
+name = "fsha"
+params = { checkpoints = 1 }
+[[attacks]]
+name = "mean-image"
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "splitguard"
+[[defenses]]
+name = "dp-sgd"
+""")
+    assert not [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]

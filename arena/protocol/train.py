@@ -25,6 +25,7 @@ import collections
 import copy
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
@@ -289,7 +290,13 @@ def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor,
         total = (a * g).sum()
         for term in setup.client_loss_terms:
             total = total + term(x, a)
-        total.backward()
+        with warnings.catch_warnings():
+            # dp-sgd's per-sample gradients (Opacus) are full backward hooks on the client's layers; the
+            # first one's input is the data, which never requires a gradient, so PyTorch warns that the hook
+            # fires with respect to the layer's outputs: exactly what per-sample gradients use. Understood.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed "
+                                    "with respect to module outputs")
+            total.backward()
         if setup.client_monitor is not None:
             setup.client_monitor.observe(step, g, client, fake)
             if fake:  # SplitGuard: a fake batch never updates the client
