@@ -76,10 +76,22 @@ def test_queryfree_beats_the_mean_image(vanilla, tiny_data, baseline):
 
 
 def test_queryfree_in_the_u_shaped_setup_trains_a_fresh_tail(tiny_data):
-    trained = _trained(tiny_data, "u-shaped")
-    m, out = _attack("he-queryfree", trained, tiny_data, shadow_epochs=3, iterations=150)
-    base, _ = _attack("mean-image", trained, tiny_data)
-    assert m["ssim"] > base["ssim"], (m, base)
+    # The server part ends in features, not logits: the shadow only learns (and only constrains what the
+    # inversion finds) if the fresh tail trains with it through a server part that is itself trained.
+    # At 2 target epochs (test acc ≈0.55) and 3 shadow epochs the shadow stayed at chance (0.12–0.18) and
+    # the SSIM at the constant image's over seeds 1 and 2; here the target reaches ≈0.9 and the shadow ≈0.9.
+    trained = _trained(tiny_data, "u-shaped", epochs=10)
+    m, out = _attack("he-queryfree", trained, tiny_data, shadow_epochs=20, shadow_lr=3e-3, iterations=150)
+    grey, _ = _attack("mean-image", trained, tiny_data)
+    black, _ = _attack("mean-image", trained, tiny_data, value="black")
+    # chance is 0.1; a shadow whose fresh tail is left untrained reaches 0.16–0.23, an untrained shadow 0.13
+    assert out.extra["shadow_acc"] > 0.5, out.extra
+    # Seed 0: SSIM 0.63 vs 0.03 (grey) / 0.02 (black), MSE 0.04 vs 0.14 / 0.19. Over 6 training seeds and
+    # 5 attack seeds (10 runs) 8 give SSIM 0.45–0.76 and MSE 0.013–0.075 against constant images at SSIM
+    # <= 0.03 and MSE >= 0.14; 2 runs find a shadow whose features invert to a negative (SSIM -0.22, -0.09,
+    # shadow accuracy 0.66–0.70): the query-free attack is the least stable of He et al.'s three.
+    assert m["ssim"] > max(grey["ssim"], black["ssim"]) + 0.3, (m, grey, black)
+    assert m["mse"] < 0.5 * min(grey["mse"], black["mse"]), (m, grey, black)
 
 
 @pytest.mark.parametrize("model,shape,depths", [("lenet", (1, 28, 28), range(0, 9)),
