@@ -434,8 +434,8 @@ name = "he"
 params = { train_server = false }
 """
 
-COST = {"noise": {"epsilon", "epsilon_release", "noise_multiplier", "delta"},
-        "dp-sgd": {"epsilon", "delta", "noise_multiplier", "max_grad_norm", "dp_steps"},
+COST = {"noise": {"epsilon_activations", "epsilon_activations_release", "noise_multiplier", "delta"},
+        "dp-sgd": {"epsilon_weights", "delta", "noise_multiplier", "max_grad_norm", "dp_steps"},
         "batching": {"label_batch"}, "nopeek": {"alpha", "dcor_sent"}}
 METRICS = {"mean-image": {"mse", "psnr", "ssim"}, "he-whitebox": {"mse", "psnr", "ssim"},
            "unsplit-label": {"label_acc", "label_chance", "leak_auc"}}
@@ -482,5 +482,5 @@ def test_every_defense_runs_in_the_matrix_at_two_depths(run_matrix):
             wb, base = by[d, "he-whitebox", depth]["metrics"], by[d, "mean-image", depth]["metrics"]
             assert wb["ssim"] > base["ssim"] + 0.3 and wb["mse"] < 0.75 * base["mse"], (d, depth, wb, base)
         assert by["batching", "unsplit-label", depth]["metrics"]["leak_auc"] > 0.7
-    eps = {c["depth"]: c["cost"]["epsilon"] for c in cells if c["defense"] == "dp-sgd" and c["status"] == "ok"}
+    eps = {c["depth"]: c["cost"]["epsilon_weights"] for c in cells if c["defense"] == "dp-sgd" and c["status"] == "ok"}
     assert math.isfinite(eps[1]) and eps[1] == eps[4]  # ε depends on steps and noise, not on depth
