@@ -38,7 +38,7 @@ TRAINING = ("__init__.py", "records.py", "registry.py", "seeding.py", "params.py
             "protocol/", "he/", "defenses/", "run/__init__.py", "run/config.py", "run/runner.py")
 NOT_TRAINING = ("attacks/", "scoring/", "report/", "matrix.py", "protocol/view.py", "run/executors.py",
                 "run/workers.py", "run/ray.py", "run/progress.py", "run/plugins.py", "run/store.py",
-                "run/model_cache.py", "run/artifacts.py")
+                "run/model_cache.py", "run/artifacts.py", "run/grants.py")
 
 
 def _matches(rel: str, patterns: tuple[str, ...]) -> bool:

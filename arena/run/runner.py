@@ -12,7 +12,6 @@ declare SAMPLE_IDS; the runner maps their outputs back before scoring.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -23,19 +22,18 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..attacks import ATTACKS, Attack, PolicyContext
+from ..attacks import ATTACKS, PolicyContext
 from .config import Entry, Experiment, all_depths
 from ..data.sources import load_dataset
 from ..defenses import DEFENSES, Defense
 from .model_cache import cache_key, cached_training
 from ..models import build_model
-from ..protocol.train import Data, TrainResult, deployed_transform, make_setup, total_steps, train
-from ..protocol.transcript import Transcript, resolve, with_handles
-from ..records import DENIED, NOT_APPLICABLE, NOT_EVALUATED, Capability, Cell, Scenario
+from ..protocol.train import Data, TrainResult, make_setup, total_steps, train
+from ..protocol.transcript import resolve
+from ..records import Capability, Cell, Scenario
 from ..scoring.score import score
 from ..seeding import numpy_rng, seed_everything, torch_generator
-from ..protocol.split import SplitModel
-from ..protocol.view import build_view
+from .grants import blocked_reason, capability_names, granted_capabilities, make_view
 
 Progress = Callable[[str, int, int], None]
 
@@ -169,8 +167,8 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
            "n_train": len(data.x_train)}
     runnable = []
     for s, a in zip(specs, attacks):
-        why = blocked_reason(s, a, defense, defended)
-        granted = _names(granted_capabilities(a, defended, s.deny))
+        why = blocked_reason(sc, s.deny, a, defense, defended)
+        granted = capability_names(granted_capabilities(a, defended, s.deny))
         if why is not None:
             yield _cell(s, "blocked", reason=why, cost=defense.report() if sc.setup in defense.setups else {},
                         effective=eff, granted=granted)
@@ -224,113 +222,10 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
             artifacts = _save_artifacts(ctx, s, result, out)
             yield _cell(s, "ok", metrics=metrics, utility=utility, cost=cost | {"attack_s": time.perf_counter() - t1},
                         wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts, effective=eff,
-                        granted=_names(granted))
+                        granted=capability_names(granted))
         except Exception as e:  # noqa: BLE001
             yield _cell(s, "error", error=_err(e), utility=utility, cost=cost,
                         wall_s=train_s + time.perf_counter() - t1, effective=eff)
-
-
-def _names(caps) -> list[str]:
-    return sorted(c.value for c in caps)
-
-
-def granted_capabilities(attack: Attack, setup, deny: tuple[str, ...] = ()) -> frozenset[Capability]:
-    """What the attack is given: what it declared, as far as the defended protocol hands it over
-    and the experiment's threat model allows; the architecture always."""
-    denied = {Capability(d) for d in deny}
-    return frozenset((attack.requires & setup.capabilities()) - denied) | {Capability.ARCHITECTURE}
-
-
-def blocked_reason(s: CellSpec, attack: Attack, defense: Defense, defended) -> str | None:
-    """Why a cell cannot run (None: it runs). Decided up front, from declarations only."""
-    sc = s.scenario
-    if sc.setup not in defense.setups:
-        return (f"{NOT_APPLICABLE}defense {defense.name} applies to the {' and '.join(defense.setups)} "
-                f"setup(s) only; {attack.name} runs in {sc.setup}")
-    denied = attack.requires & {Capability(d) for d in s.deny}
-    if denied:
-        return f"{DENIED}{attack.name} requires {', '.join(_names(denied))}, which the experiment denies"
-    missing = attack.requires - defended.capabilities()
-    if not missing:
-        return None
-    removed = missing & defended.removes
-    if removed:
-        return f"{attack.name} requires {', '.join(_names(removed))}, which defense {s.defense.name} removes"
-    derived = dict(defended.derivable)
-    rebuilt = [c for c in missing if c in derived]
-    if rebuilt:
-        return (f"{NOT_EVALUATED}{attack.name} requires {', '.join(_names(rebuilt))}, which defense "
-                f"{s.defense.name} does not send in plaintext but does not remove either: "
-                f"{'; '.join(derived[c] for c in rebuilt)}; no attack here rebuilds it yet")
-    return f"{attack.name} requires {', '.join(_names(missing))}, which setup {defended.scenario.setup} does not grant"
-
-
-def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, device: str,
-              arch_only: bool = False, deny: tuple[str, ...] = ()):
-    """Grant exactly what the attack requires (and the defended setup allows, and the threat model
-    does not deny). Unless SAMPLE_IDS is granted, observations carry opaque per-release handles
-    (`protocol.transcript.with_handles`), which only the scorer maps back.
-
-    With ``arch_only`` returns just a builder of fresh client parts (for a malicious policy,
-    which acts before there is any trained model)."""
-    granted = granted_capabilities(attack, setup, deny)
-    template = setup.split()  # architecture only: the builders below re-initialise every parameter
-
-    def fresh(part: torch.nn.Sequential) -> Callable[[], torch.nn.Sequential]:
-        # The builder must not even close over trained weights: keep a re-initialised copy only.
-        proto = _reinitialised(part)
-
-        def build() -> torch.nn.Sequential:
-            return _reinitialised(proto)
-
-        return build
-
-    if arch_only:
-        return fresh(template.client)
-    assert result is not None
-    sm: SplitModel = result.model
-    transcript = result.transcript if Capability.SAMPLE_IDS in granted else with_handles(result.transcript)
-    return build_view(
-        setup=setup.scenario.setup, granted=granted, transcript=transcript, input_shape=data.shape,
-        num_classes=data.num_classes, client_depth=setup.depth, label_layers=setup.label_layers,
-        client_arch=fresh(template.client), tail_arch=fresh(template.tail),
-        server_part=sm.server if setup.scenario.setup != "label-only" else torch.nn.Sequential(*sm.client, *sm.server),
-        server_part_before=result.server_before, aux=(data.x_aux, data.y_aux), trained_client=sm.client,
-        device=device, **_threat_extras(attack, granted, result, data, transcript),
-        query_transform=deployed_transform(setup.test_hooks(), torch_generator(setup.scenario.seed, "query-noise")),
-    )
-
-
-def _threat_extras(attack: Attack, granted: frozenset[Capability], result: TrainResult, data: Data,
-                   seen_as: Transcript) -> dict[str, Any]:
-    """TRAIN_DATA and KNOWN_LABELS, built only when granted (they come from private data)."""
-    out: dict[str, Any] = {}
-    if Capability.TRAIN_DATA in granted:  # He et al.'s known training set, never the targets themselves
-        seen = [o.ids for obs in result.transcript.windows.values() for o in obs if o.ids is not None]
-        keep = torch.ones(len(data.x_train), dtype=torch.bool)
-        if seen:
-            keep[torch.cat(seen).long()] = False
-        out["train_data"] = (data.x_train[keep].clone(), data.y_train[keep].clone())
-    if Capability.KNOWN_LABELS in granted:  # Li et al.: the first n observed samples of each class
-        n = int(getattr(attack, "known_per_class", 1))
-        known = {}
-        for w in ("before", "after"):
-            obs = [o.ids for o in seen_as.observations(w) if o.ids is not None]  # as the attack sees them
-            ids = torch.cat(obs).long() if obs else torch.zeros(0, dtype=torch.long)
-            true_ids = resolve(ids, result.transcript)
-            y = result.truth.labels(true_ids) if len(ids) else torch.zeros(0, dtype=torch.long)
-            pick = [i for c in torch.unique(y).tolist() for i in (y == c).nonzero().flatten()[:n].tolist()]
-            known[w] = (ids[pick].clone(), y[pick].clone())
-        out["known_labels"] = known
-    return out
-
-
-def _reinitialised(part: torch.nn.Sequential) -> torch.nn.Sequential:
-    m = copy.deepcopy(part)
-    for layer in m.modules():
-        if hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
-    return m
 
 
 def _save_artifacts(ctx: GroupContext, s: CellSpec, result: TrainResult, out) -> dict[str, str]:
