@@ -86,6 +86,14 @@ grid = { train_server = [true, false] }
         assert c["depth"] == 1 and c["effective"] == {"depth": 5, "setup": "u-shaped", "label_layers": 4,
                                                       "n_train": 200}
         assert c["schema"] == SCHEMA == 2
+    # the report shows them as what they are: not evaluated (never a defense that works) vs blocked
+    from arena.report.tables import leakage_frame, summarize
+
+    lf = leakage_frame(summarize([Cell.from_json(c) for c in cells]))
+    states = {r.defense_label.split("train_server=")[1].split(",")[0].split(")")[0]: r.state
+              for r in lf.itertuples()}
+    assert states == {"True": "n/e", "False": "blocked"}, states
+    assert all("[runs at depth 5, u-shaped]" in r.defense_label for r in lf.itertuples())
 
 
 # 6. threat model: recorded, and deniable ------------------------------------------------------
