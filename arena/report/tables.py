@@ -200,6 +200,7 @@ def leakage_frame(summary):
     rows = []
     if summary is None or len(summary) == 0:
         return pd.DataFrame(rows)
+    ran_at = _ran_at_labels(summary)
     for attack, g in summary.groupby("attack", sort=True):
         have = [m for m in LEAKAGE if m in g.columns and g[m].notna().any()]
         binary = "label_chance" in g.columns and g["label_chance"].mean() >= 0.5
@@ -226,7 +227,8 @@ def leakage_frame(summary):
                 "dataset": r["dataset"], "depth": int(r["depth"]), "setup": r["setup"], "attack": attack,
                 "attack_label": attack + params_text(r["attack_params"]), "defense": r["defense"],
                 "defense_label": r["defense"] + params_text(r["defense_params"]) + (
-                    f" [{r['ran_at']}]" if r.get("ran_at") else ""), "metric": metric,
+                    f" [{ran_at[(r['dataset'], r['defense'], r['defense_params'])]}]"
+                    if ran_at.get((r["dataset"], r["defense"], r["defense_params"])) else ""), "metric": metric,
                 "granted": r.get("granted") or "",
                 "value": v, "ci": ci, "chance": chance, "above_chance": significant, "norm": norm,
                 "state": state, "n_seeds": n, "dropped": int(r["n_seeds"]) - n,
@@ -254,11 +256,28 @@ def blocked_state(reason: str | None) -> tuple[str, str]:
 
 
 def _ran_at(c: Cell) -> str:
-    """Where the split ran, when a defense moved it from the cell's nominal depth/setup (else "")."""
+    """"depth/setup" the split ran at when a defense moved it from the cell's nominal one (else "")."""
     e = c.effective or {}
     if not e or (e.get("depth") == c.depth and e.get("setup") == c.setup):
         return ""
-    return f"runs at depth {e.get('depth')}, {e.get('setup')}"
+    return f"{e.get('depth')}/{e.get('setup')}"
+
+
+def _ran_at_labels(summary) -> dict[tuple, str]:
+    """(dataset, defense, params) -> "runs at depth 3" / "runs at depth 5, u-shaped": one label per
+    defense setting (the setup only where every moved cell ran in the same one), so a setting that moves
+    the cut stays one column of the heatmap whatever setups its attacks use."""
+    out = {}
+    for key, g in summary.groupby(["dataset", "defense", "defense_params"], sort=False):
+        moved = [x.split("/") for x in g["ran_at"] if x]
+        if not moved:
+            continue
+        depths, setups = {d for d, _ in moved}, {s for _, s in moved}
+        text = "runs at depth " + "/".join(sorted(depths))
+        if len(setups) == 1 and set(g["setup"]) - setups:  # the defense changed the setup too (he)
+            text += f", {setups.pop()}"
+        out[key] = text
+    return out
 
 
 def write_summary(out_dir: str | Path) -> str:
