@@ -297,3 +297,21 @@ name = "splitguard"
 name = "dp-sgd"
 """)
     assert not [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_the_scorer_refuses_ids_the_view_did_not_give(tiny_data):
+    """An attack without sample_ids must answer with the handles it saw: made-up non-negative ids would
+    otherwise be scored against whichever samples happen to carry those ids."""
+    from arena.scoring.score import ScoringError
+
+    setup = _setup(tiny_data)
+    res = train(setup, tiny_data, torch_generator(0, "t"))
+    view = make_view(_Needs({Capability.SMASHED}), setup, res, tiny_data, "cpu")
+    ids, _ = view.stacked("smashed", "after")
+    good = AttackOutput(ids=ids, reconstructions=torch.zeros(len(ids), *tiny_data.shape))
+    assert "ssim" in score(good, res, tiny_data.x_test, tiny_data.y_test, ids="handles")
+    made_up = AttackOutput(ids=torch.arange(len(ids)), reconstructions=torch.zeros(len(ids), *tiny_data.shape))
+    with pytest.raises(ScoringError, match="not granted sample_ids"):
+        score(made_up, res, tiny_data.x_test, tiny_data.y_test, ids="handles")
+    with pytest.raises(ScoringError, match="granted sample_ids"):
+        score(good, res, tiny_data.x_test, tiny_data.y_test, ids="samples")

@@ -68,11 +68,11 @@ def _stop(conn: Connection, pid: int | None) -> None:
 class ClientQuery:
     """Black-box access to the defended client: a batch of inputs in, what the client sends out."""
 
-    __slots__ = ("_conn", "_local", "__weakref__")
+    __slots__ = ("_conn", "_local", "_finalizer", "__weakref__")
 
     def __init__(self, answer: Callable[[torch.Tensor], torch.Tensor], isolate: bool = True) -> None:
-        self._local = None
-        if not isolate:  # GPU: no fork; the same interface, in-process
+        self._local, self._finalizer = None, None
+        if not isolate:  # GPU: no fork; the same interface, in-process (isolation by convention only)
             self._local, self._conn = answer, None
             return
         mine, theirs = Pipe()
@@ -86,16 +86,21 @@ class ClientQuery:
                 os._exit(0)
         theirs.close()
         self._conn = mine
-        weakref.finalize(self, _stop, mine, pid)
+        self._finalizer = weakref.finalize(self, _stop, mine, pid)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._local is not None:
-            return self._local(x)
+            return self._local(x).to(x.device)
         self._conn.send(x.detach().cpu().numpy())
         out = self._conn.recv()
         if isinstance(out, str):
             raise RuntimeError(out)
         return torch.from_numpy(out).to(x.device)
+
+    def close(self) -> None:
+        """Stop the child now (the runner does after each cell) rather than when this is collected."""
+        if self._conn is not None:
+            self._finalizer()
 
     def __deepcopy__(self, memo: dict) -> "ClientQuery":
         return self  # one client, one oracle

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import plots
 from .conclusions import ACC_BUDGET, conclude, overview
-from .tables import params_text, attack_kind, leakage_frame, summarize
+from .tables import blocked_state, params_text, attack_kind, leakage_frame, summarize
 from .html import Block, to_html, to_markdown
 from ..run.store import MANIFEST, read_cells
 
@@ -48,7 +48,8 @@ def _header(out: Path, cells) -> list[Block]:
     manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {}
     counts: dict[str, int] = {}
     for c in cells:
-        counts[c.status] = counts.get(c.status, 0) + 1
+        state = blocked_state(c.reason)[0] if c.status == "blocked" else c.status  # n/a, n/e, denied apart
+        counts[state] = counts.get(state, 0) + 1
     states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     blocks: list[Block] = [("h", 1, f"arena report: {out.name}")]
     meta = [f"{len(cells)} cells ({states}) from `cells.jsonl`; table: `summary.csv`."]

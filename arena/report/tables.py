@@ -273,7 +273,7 @@ def _ran_at_labels(summary) -> dict[tuple, str]:
         if not moved:
             continue
         depths, setups = {d for d, _ in moved}, {s for _, s in moved}
-        text = "runs at depth " + "/".join(sorted(depths))
+        text = "runs at depth " + "/".join(sorted(depths, key=int))
         if len(setups) == 1 and set(g["setup"]) - setups:  # the defense changed the setup too (he)
             text += f", {setups.pop()}"
         out[key] = text

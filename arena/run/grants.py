@@ -44,7 +44,8 @@ def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense:
     missing = attack.requires - defended.capabilities()
     if not missing:
         return None
-    removed = missing & defended.removes
+    derived_caps = defended.derived()
+    removed = (missing & defended.removes) - derived_caps  # rebuildable is never credited as removed
     if removed:
         return (f"{attack.name} requires {', '.join(capability_names(removed))}, "
                 f"which defense {defense.name} removes")

@@ -216,8 +216,13 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
             view = make_view(a, defended, result, data, ctx.device, deny=s.deny)
             if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
                 view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
-            out = a.run(view, torch_generator(sc.seed, "attack", s.key))
-            metrics = score(out, result, data.x_test, data.y_test, ctx.device)
+            try:
+                out = a.run(view, torch_generator(sc.seed, "attack", s.key))
+            finally:
+                if view.query is not None:
+                    view.query.close()
+            metrics = score(out, result, data.x_test, data.y_test, ctx.device,
+                            ids="samples" if Capability.SAMPLE_IDS in granted else "handles")
             metrics |= {k: v for k, v in out.extra.items() if isinstance(v, (int, float)) and k not in metrics}
             artifacts = _save_artifacts(ctx, s, result, out)
             yield _cell(s, "ok", metrics=metrics, utility=utility, cost=cost | {"attack_s": time.perf_counter() - t1},

@@ -29,13 +29,32 @@ class ScoringError(ValueError):
     """The attack produced something the scorer cannot compare with the truth."""
 
 
+def _check_ids(ids: torch.Tensor, expect: str | None, what: str) -> None:
+    """An attack must return the ids its view gave it: handles (< 0) unless it was granted SAMPLE_IDS."""
+    ids = torch.as_tensor(ids)
+    neg = ids < 0
+    if expect == "handles" and not bool(neg.all()):
+        raise ScoringError(f"{what}: ids must be the handles of the observations (negative); this attack "
+                           f"was not granted sample_ids, so a non-negative id names no release it saw")
+    if expect == "samples" and bool(neg.any()):
+        raise ScoringError(f"{what}: ids must be sample ids (>= 0): this attack was granted sample_ids")
+    if expect is None and bool(neg.any()) and not bool(neg.all()):
+        raise ScoringError(f"{what}: ids mix handles (< 0) and sample ids")
+
+
 def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: torch.Tensor,
-          device: str = "cpu") -> dict[str, float]:
+          device: str = "cpu", ids: str | None = None) -> dict[str, float]:
+    """Score ``out`` against the truth. ``ids``: what the attack's view held ("handles" or "samples";
+    None: either, but not a mix), checked before anything is scored."""
     m: dict[str, float] = {}
     truth = result.truth
     if (out.reconstructions is not None or out.labels is not None or out.label_scores is not None) \
             and out.ids is None:
         raise ScoringError("attack output has predictions but no sample ids")
+    if out.ids is not None:
+        _check_ids(out.ids, ids, "output")
+    for _, curve_ids, _ in out.extra.get("curve", ()):
+        _check_ids(curve_ids, ids, "curve")
     if out.ids is not None and bool((torch.as_tensor(out.ids) < 0).any()):  # opaque handles: only the scorer maps them
         out = dataclasses.replace(out, ids=resolve(out.ids, result.transcript))
     if out.reconstructions is not None:
