@@ -76,13 +76,16 @@ def with_handles(transcript: Transcript) -> Transcript:
 def resolve(ids: torch.Tensor, transcript: Transcript) -> torch.Tensor:
     """Sample ids for ids an attack returned: handles (< 0) mapped back through the transcript."""
     ids = torch.as_tensor(ids).long()
-    if not bool((ids < 0).any()):
+    handles = ids < 0
+    if not bool(handles.any()):
         return ids
     releases = _releases(transcript)
-    k = -1 - ids
-    if bool((ids < 0).any()) and int(k[ids < 0].max()) >= len(releases):
+    k = -1 - ids[handles]
+    if int(k.max()) >= len(releases):
         raise ValueError(f"handle {int(ids.min())} does not name any release in the transcript")
-    return torch.where(ids < 0, releases[k.clamp(min=0, max=max(len(releases) - 1, 0))], ids)
+    out = ids.clone()
+    out[handles] = releases[k]
+    return out
 
 
 @dataclass

@@ -167,8 +167,7 @@ def chance_line(metric: str | None, row) -> float:
     accuracy's is the row's ``label_chance`` (majority-class share of the scored targets, mean over
     seeds; NaN where the cells lack it), the others are fixed (`CHANCE`; 0 for an unknown metric)."""
     if metric == "label_acc":
-        v = row.get("label_chance", math.nan)
-        return float(v) if isinstance(v, (int, float)) else math.nan
+        return _num(row, "label_chance")
     return CHANCE.get(metric or "", 0.0)
 
 

@@ -44,12 +44,11 @@ def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense:
     missing = attack.requires - defended.capabilities()
     if not missing:
         return None
-    derived_caps = defended.derived()
-    removed = (missing & defended.removes) - derived_caps  # rebuildable is never credited as removed
+    derived = dict(defended.derivable)
+    removed = (missing & defended.removes) - derived.keys()  # rebuildable is never credited as removed
     if removed:
         return (f"{attack.name} requires {', '.join(capability_names(removed))}, "
                 f"which defense {defense.name} removes")
-    derived = dict(defended.derivable)
     rebuilt = [c for c in missing if c in derived]
     if rebuilt:
         return (f"{NOT_EVALUATED}{attack.name} requires {', '.join(capability_names(rebuilt))}, which defense "

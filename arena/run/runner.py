@@ -212,8 +212,8 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
             # global streams too (fresh layers in view builders, clones): a cell's numbers must not
             # depend on which attacks ran before it on the same model, nor on a cached training run
             seed_everything(sc.seed, "attack", s.key)
-            granted = granted_capabilities(a, defended, s.deny)
             view = make_view(a, defended, result, data, ctx.device, deny=s.deny)
+            granted = view.capabilities  # what make_view granted: computed once, there
             if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
                 view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
             try:
