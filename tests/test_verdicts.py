@@ -25,6 +25,17 @@ from conftest import real_data_dir
 from test_protocol import _tensors
 
 CFG = TrainConfig(epochs=2, batch_size=32, record_steps=2)
+# a tiny matrix run: digits, depth 1, a few training steps; each test adds its attacks and defenses
+TINY = """[experiment]
+datasets = ["digits"]
+depths = [1]
+n_train = 200
+n_test = 100
+n_aux = 100
+[train]
+epochs = 1
+max_steps = {steps}
+"""
 
 
 def _setup(tiny_data, setup="vanilla", depth=1):
@@ -60,16 +71,7 @@ def test_noise_utility_is_that_of_the_noisy_deployed_pipeline(tiny_data):
 # 3 and 5. HE: derivable activations are not blocked; the cell records the split that ran ------
 def test_he_inversion_cells_are_not_evaluated_not_blocked_and_record_the_effective_split(run_matrix):
     pytest.importorskip("tenseal")
-    cells = run_matrix("""
-[experiment]
-datasets = ["digits"]
-depths = [1]
-n_train = 200
-n_test = 100
-n_aux = 100
-[train]
-epochs = 1
-max_steps = 1
+    cells = run_matrix(TINY.format(steps=1) + """
 [[attacks]]
 name = "mean-image"
 [[defenses]]
@@ -98,16 +100,7 @@ grid = { train_server = [true, false] }
 
 # 6. threat model: recorded, and deniable ------------------------------------------------------
 def test_denied_assumptions_block_the_cells_that_need_them_and_granted_ones_are_recorded(run_matrix):
-    toml = """
-[experiment]
-datasets = ["digits"]
-depths = [1]
-n_train = 200
-n_test = 100
-n_aux = 100
-[train]
-epochs = 1
-max_steps = 2
+    toml = TINY.format(steps=2) + """
 [[attacks]]
 name = "mean-image"
 [[attacks]]
@@ -274,16 +267,7 @@ def test_cells_of_an_older_schema_are_recomputed_not_mixed(tmp_path):
 
 def test_a_normal_run_shows_no_library_warning(run_matrix, recwarn):
     """FSHA, SplitGuard and DP-SGD runs used to print PyTorch's "Full backward hook is firing"."""
-    run_matrix("""
-[experiment]
-datasets = ["digits"]
-depths = [1]
-n_train = 200
-n_test = 100
-n_aux = 100
-[train]
-epochs = 1
-max_steps = 3
+    run_matrix(TINY.format(steps=3) + """
 [[attacks]]
 name = "fsha"
 params = { checkpoints = 1 }
