@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from .data.sources import DATASETS, load_dataset
 from .defenses import DEFENSES
 from .models import MODELS
 from .records import SETUPS
+from .run import model_cache
 from .run.executors import EXECUTORS, execute
 from .run.workers import ExecutorError, RunOptions, cpu_count
 from .run.plugins import PluginError, import_plugins
@@ -27,7 +27,7 @@ from .run.progress import Progress
 from .registry import UnknownNameError
 from .report.document import write_report
 from .report.tables import write_summary
-from .run.runner import effective_n_train, groups, plan, validate_depths
+from .run.runner import effective_n_train, groups, longest_first, plan, seed_passes, validate_depths
 from .run.store import CellStore, read_cells
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,9 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE (a module name on PYTHONPATH, or a .py file) before planning, so the "
                         "attacks/defenses it registers can be selected; repeatable")
-    p.add_argument("--model-cache", metavar="DIR", default=os.environ.get("ARENA_MODEL_CACHE"),
-                   help="keep trained models in DIR, keyed by everything that shaped them, and reuse them "
-                        "(resumed runs, new attacks, other experiments); default $ARENA_MODEL_CACHE, else off")
+    mc = p.add_argument_group("trained-model cache (on by default: a rerun, or a new attack over the same "
+                              "scenarios, does not train again)")
+    mc.add_argument("--model-cache", metavar="DIR",
+                    help="keep trained models in DIR, keyed by everything that shaped them (scenario, defense, "
+                         "code, torch, device, threads), and reuse them; default $ARENA_MODEL_CACHE, else "
+                         "$ARENA_CACHE/models, else ~/.cache/arena/models ('off' turns it off)")
+    mc.add_argument("--no-model-cache", action="store_true", help="train every model, keep none")
+    mc.add_argument("--model-cache-info", action="store_true", help="print the cache's folder, entries and size, "
+                                                                  "then exit")
+    mc.add_argument("--clear-model-cache", action="store_true", help="delete every cached model, then exit")
     p.add_argument("--no-report", action="store_true", help="skip report.md/report.html at the end")
     p.add_argument("--retry-errors", action="store_true", help="re-run cells whose stored status is error")
     p.add_argument("--dry-run", action="store_true", help="print the planned cells and exit")
@@ -180,6 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.list:
         print(list_everything())
         return 0
+    cache = _cache_dir(a)
+    if a.model_cache_info or a.clear_model_cache:
+        if cache is None:
+            print("the model cache is off (--no-model-cache, --model-cache off or ARENA_MODEL_CACHE=off)")
+            return 0
+        n, size = (model_cache.clear if a.clear_model_cache else model_cache.info)(cache)
+        print(f"model cache {cache}: {n} trained models, {size / 2**20:.1f} MiB"
+              + (" deleted" if a.clear_model_cache else ""))
+        return 0
     try:
         exp = apply_overrides(load_experiment(resolve_experiment(a.experiment)), a)
         if a.workers is None and a.executor is None and exp.workers:
@@ -217,11 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {kept} finished cells in {out} were computed by arena {before}, this is {now}; "
               f"they are kept, not recomputed (use a new --out to recompute everything)", file=sys.stderr)
     todo = [s for s in specs if s.key not in done]
-    todo_groups = groups(todo)
+    passes = seed_passes(todo, exp.seeds)
     if not a.quiet:
         how = "serially" if executor == "serial" else f"with {workers} {executor} workers x {threads} threads"
         print(f"{len(specs)} cells planned, {len(specs) - len(todo)} already in {out / 'cells.jsonl'}, "
-              f"{len(todo)} to run in {len(todo_groups)} training runs {how}", file=sys.stderr)
+              f"{len(todo)} to run in {len(groups(todo))} training runs {how}"
+              + (f", one pass per seed ({', '.join(str(s) for s, _ in passes)}): the report is written after each"
+                 if len(passes) > 1 else ""), file=sys.stderr)
+        print(f"trained-model cache: {cache if cache is not None else 'off'}", file=sys.stderr)
     progress = Progress(len(todo), a.quiet)
     labels = {s.key: s.label() for s in todo}
 
@@ -230,27 +249,31 @@ def main(argv: list[str] | None = None) -> int:
         progress.cell(labels.get(cell.key, cell.key), cell.status, worker)
 
     opts = RunOptions(data_dir=a.data_dir, device=a.device, out_dir=str(out), plugins=plugins, threads=threads,
-                      model_cache=str(Path(a.model_cache).resolve()) if a.model_cache else None)
+                      model_cache=str(cache.resolve()) if cache is not None else None)
     try:
-        execute(todo_groups, opts, sink, progress, executor=executor, workers=workers, address=a.address)
+        for i, (seed, cells) in enumerate(passes):
+            if not a.quiet and len(passes) > 1:
+                progress.note(f"pass {i + 1}/{len(passes)}: seed {seed}, {len(cells)} cells")
+            execute(longest_first(groups(cells)), opts, sink, progress, executor=executor, workers=workers,
+                    address=a.address)
+            if i < len(passes) - 1 and not a.no_report:  # an answer now; the next pass sharpens it
+                if _outputs(out, quiet=True) and not a.quiet:
+                    progress.note(f"pass {i + 1}/{len(passes)} done: report {out / 'report.html'} (seeds so far: "
+                                  f"{', '.join(str(s) for s, _ in passes[:i + 1])})")
     except KeyboardInterrupt:
+        progress.close()
         print(f"\ninterrupted: finished cells are in {out / 'cells.jsonl'}; run the same command to resume",
               file=sys.stderr)
+        if not a.no_report and read_cells(out):
+            _outputs(out, quiet=False)
         return 130
     except ExecutorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     progress.close()
-    print(write_summary(out))
-    print(f"\ncells: {out / 'cells.jsonl'}   summary: {out / 'summary.csv'}")
-    status = 0
-    if not a.no_report:
-        try:
-            print(f"report: {write_report(out)}")
-        except Exception as e:  # noqa: BLE001 - the cells are safe; the report can be rebuilt
-            print(f"error: the report failed ({type(e).__name__}: {e}); the cells are complete, rebuild it with "
-                  f"python -m arena.report {out}", file=sys.stderr)
-            status = 1
+    status = 0 if a.no_report else (0 if _outputs(out, quiet=False) else 1)
+    if a.no_report:
+        print(write_summary(out))
     planned = {s.key for s in specs}
     failed = [c for c in read_cells(out) if c.key in planned and c.status == "error"]
     if failed:
@@ -260,6 +283,33 @@ def main(argv: list[str] | None = None) -> int:
               f"--retry-errors", file=sys.stderr)
         status = 1
     return status
+
+
+def _outputs(out: Path, quiet: bool) -> bool:
+    """summary.csv and report.md/.html from the cells so far; False (said on stderr) if the report
+    failed: the cells are safe and `python -m arena.report OUT` rebuilds it."""
+    summary = write_summary(out)
+    if not quiet:
+        print(summary)
+        print(f"\ncells: {out / 'cells.jsonl'}   summary: {out / 'summary.csv'}")
+    try:
+        path = write_report(out)
+    except Exception as e:  # noqa: BLE001 - the cells are safe; the report can be rebuilt
+        print(f"error: the report failed ({type(e).__name__}: {e}); the cells are complete, rebuild it with "
+              f"python -m arena.report {out}", file=sys.stderr)
+        return False
+    if not quiet:
+        print(f"report: {path}")
+    return True
+
+
+def _cache_dir(a: argparse.Namespace) -> Path | None:
+    """The trained-model cache's folder for this run (None: off)."""
+    if a.no_model_cache:
+        return None
+    if a.model_cache is not None:
+        return None if a.model_cache.strip().lower() in model_cache.OFF else Path(a.model_cache).expanduser()
+    return model_cache.default_dir()
 
 
 def check_data(exp: Experiment, data_dir: str | None, quiet: bool) -> None:

@@ -140,6 +140,13 @@ class Scenario:
                 del k["train"][name]
         return k
 
+    def training_key(self) -> dict[str, Any]:
+        """``key()`` without ``train.record_steps``: runs that differ only in how many steps the
+        transcript keeps train the same model on the same data order, so they share one run."""
+        k = self.key()
+        del k["train"]["record_steps"]
+        return k
+
 
 @dataclass
 class AttackOutput:

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Tests never write to the user's cache: the per-user cache (datasets, trained models) points at a
+# throwaway folder, and the trained-model cache (on by default for users) is off unless a test asks.
+os.environ["ARENA_CACHE"] = tempfile.mkdtemp(prefix="arena-test-cache-")
+os.environ["ARENA_MODEL_CACHE"] = "off"
 
 
 def real_data_dir() -> Path | None:

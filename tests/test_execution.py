@@ -293,3 +293,81 @@ def test_per_attack_depths_and_datasets():
                               "attacks": [{"name": "mean-image", "datasets": ["mnsit"]}]})
     with pytest.raises(ValueError, match="depths must be"):
         experiment_from_dict({"attacks": [{"name": "mean-image", "depths": "1"}]})
+
+
+def test_model_cache_is_on_by_default_in_the_user_cache_and_can_be_inspected_and_cleared(env, capsys,
+                                                                                         monkeypatch):
+    monkeypatch.delenv("ARENA_MODEL_CACHE", raising=False)  # conftest turns it off for the other tests
+    monkeypatch.setenv("ARENA_CACHE", str(env / "user-cache"))
+    assert main(_args(env, env / "default-cache")) == 0
+    models = env / "user-cache" / "models"
+    assert len(list(models.glob("*.pt"))) == N_CELLS
+    capsys.readouterr()
+    assert main(["--model-cache-info"]) == 0
+    assert f"model cache {models}: {N_CELLS} trained models" in capsys.readouterr().out
+    assert main(_args(env, env / "no-cache", "--no-model-cache")) == 0
+    assert not any("train_cached" in c.cost for c in read_cells(env / "no-cache"))
+    assert main(["--clear-model-cache"]) == 0
+    assert "deleted" in capsys.readouterr().out and not list(models.glob("*.pt"))
+
+
+def test_anytime_passes_write_a_report_per_seed_and_ctrl_c_keeps_a_valid_one(env, monkeypatch, capsys):
+    """One pass per seed: after the first, every pairing has an answer and the report exists; Ctrl-C
+    in the second pass leaves that report (rewritten from what finished) and the same command resumes."""
+    import arena.matrix as matrix
+
+    out = env / "anytime"
+    args = [a for a in _args(env, out) if a != "--no-report"]
+    calls = []
+    real = matrix.execute
+
+    def interrupting(groups, *a, **k):
+        calls.append({s.scenario.seed for g in groups for s in g})
+        if len(calls) == 2:
+            assert (out / "report.md").exists()  # written after the first pass, before the second
+            raise KeyboardInterrupt
+        return real(groups, *a, **k)
+
+    monkeypatch.setattr(matrix, "execute", interrupting)
+    assert main(args) == 130
+    assert calls == [{0}, {1}]
+    assert {c.seed for c in read_cells(out)} == {0}
+    assert "Seeds in this report: 0; still to run: 1" in (out / "report.md").read_text()
+    monkeypatch.setattr(matrix, "execute", real)
+    assert main(args) == 0
+    assert {c.seed for c in read_cells(out)} == {0, 1} and len(read_cells(out)) == N_CELLS
+    assert "Seeds in this report: 0, 1." in (out / "report.md").read_text()
+
+
+def test_attacks_that_record_different_steps_share_one_training_run(tmp_path):
+    """record_steps is the attack's observation budget, not part of the training run: entries that
+    differ only in it train once, on one data order, and each sees the steps it asked for."""
+    from arena.run.runner import GroupContext, groups, run_group
+
+    exp = experiment_from_dict({
+        "experiment": {"datasets": ["digits"], "depths": [1], "seeds": [0], "n_train": 120, "n_test": 60,
+                       "n_aux": 40},
+        "train": {"epochs": 1, "batch_size": 16, "record_steps": 1},
+        "attacks": [{"name": "mean-image", "params": {"window": "before"}},
+                    {"name": "mean-image", "params": {"window": "before", "value": "black"}, "record_steps": 3}],
+        "defenses": [{"name": "none"}]})
+    specs = plan(exp)
+    assert len(specs) == 2 and len(groups(specs)) == 1
+    cells = {c.attack_params.get("value", "grey"): c for c in run_group(specs, GroupContext())}
+    assert cells["grey"].metrics["n_targets"] == 16 and cells["black"].metrics["n_targets"] == 48
+
+
+def test_a_setup_converting_defense_trains_once_for_both_setups():
+    """he turns vanilla into u-shaped: the vanilla and the u-shaped attacks' cells under he are one
+    training run (one group), while undefended they remain two."""
+    from arena.run.runner import groups
+
+    exp = experiment_from_dict({
+        "experiment": {"datasets": ["digits"], "depths": [1], "seeds": [0]},
+        "attacks": [{"name": "mean-image"}, {"name": "unsplit-label", "setup": "u-shaped", "record_steps": 8}],
+        "defenses": [{"name": "none"}, {"name": "he"}]})
+    by_defense: dict[str, int] = {}
+    for g in groups(plan(exp)):
+        by_defense[g[0].defense.name] = by_defense.get(g[0].defense.name, 0) + 1
+        assert len({s.defense.name for s in g}) == 1
+    assert by_defense == {"none": 2, "he": 1}

@@ -143,3 +143,18 @@ def test_list_and_help(capsys):
 def test_default_experiment_is_planned(capsys):
     assert main(["--dry-run"]) == 0
     assert "cells ->" in capsys.readouterr().out
+
+
+def test_an_attack_entry_may_set_its_own_train_settings():
+    from arena.run.config import SpecError, experiment_from_dict
+    from arena.run.runner import plan
+
+    exp = experiment_from_dict({"train": {"epochs": 3, "lr": 2e-3},
+                                "attacks": [{"name": "fsha", "train": {"epochs": 13, "lr": 1e-5}},
+                                            {"name": "mean-image"}]})
+    by = {s.attack.name: s.scenario.train for s in plan(exp)}
+    assert (by["fsha"].epochs, by["fsha"].lr) == (13, 1e-5) and (by["mean-image"].epochs, by["mean-image"].lr) == (3, 2e-3)
+    for bad, msg in (({"epochz": 1}, "unknown train settings ['epochz']"), ({"epochs": -1}, "epochs must be a positive"),
+                     ({"record_steps": 2}, "record_steps is the entry's own key"), (5, "must be a table")):
+        with pytest.raises(SpecError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            experiment_from_dict({"attacks": [{"name": "fsha", "train": bad}]})

@@ -22,6 +22,12 @@ class Defense:
     # The setups this defense means something in; a cell of another setup is `blocked` up front.
     setups: ClassVar[tuple[str, ...]] = SETUPS
     paper: ClassVar[str] = ""
+    # Training time relative to an undefended run (a scheduling hint only: the runner starts the
+    # longest training runs first so that no core ends the run alone on one long job).
+    train_cost: ClassVar[float] = 1.0
+    # Setups this defense turns into another one (he: vanilla -> u-shaped). Cells of both setups
+    # then train the same defended model, and the runner trains it once for them.
+    converts_setups: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **params: Any) -> None:
         if params:

@@ -111,6 +111,7 @@ def make_private(client: nn.Module, optimizer: torch.optim.Optimizer, loader, *,
 class DPSGD(Defense):
     name = "dp-sgd"
     setups = ("vanilla", "u-shaped")
+    train_cost = 2.0  # per-sample gradients (scheduling hint, see Defense.train_cost)
     paper = "Abadi et al. 2016 (DP-SGD); Opacus (Yousefpour et al. 2021)"
 
     def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,

@@ -73,6 +73,8 @@ def he_layout(model: torch.nn.Sequential, depth: int, server_layers: int) -> tup
 class HomomorphicEncryption(Defense):
     name = "he"
     setups = ("vanilla", "u-shaped")
+    converts_setups = {"vanilla": "u-shaped"}  # the client keeps the labels: one training run serves both
+    train_cost = 4.0  # the encrypted step (scheduling hint, see Defense.train_cost)
     # and SMASHED when the server layer is frozen, LABELS in the vanilla setup (see apply)
     removes = frozenset({Capability.SERVER_OUT, Capability.QUERY})
     paper = "Khan et al. 2023, Split Ways / Split Without a Leak (U-shaped SL on CKKS-encrypted activations)"

@@ -46,6 +46,17 @@ class Transcript:
     setup: str
     windows: dict[str, list[Observation]] = field(default_factory=dict)
 
+    def trimmed(self, record_steps: int) -> "Transcript":
+        """The transcript a run recording only ``record_steps`` steps at each end would have kept:
+        the first of "before", the last of "after" (checkpoints unchanged). One training run serves
+        attacks that asked for different numbers of recorded steps."""
+        out = Transcript(setup=self.setup, windows=dict(self.windows))
+        if "before" in out.windows:
+            out.windows["before"] = out.windows["before"][:record_steps]
+        if "after" in out.windows:
+            out.windows["after"] = out.windows["after"][-record_steps:]
+        return out
+
     def observations(self, window: str = "after") -> list[Observation]:
         if window not in WINDOWS:
             raise ValueError(f"unknown window {window!r}; use one of {WINDOWS}")

@@ -56,6 +56,12 @@ def _header(out: Path, cells) -> list[Block]:
     if manifest:
         meta.append(f"Command: `{' '.join(manifest.get('command', []))}`; code {manifest.get('code_version', '?')}, "
                     f"torch {manifest.get('packages', {}).get('torch', '?')}; last run {manifest.get('updated', '?')}.")
+    seeds = sorted({c.seed for c in cells})
+    planned = list(manifest.get("spec", {}).get("experiment", {}).get("seeds", []))
+    missing = [s for s in planned if s not in seeds]
+    meta.append(f"Seeds in this report: {', '.join(map(str, seeds)) or 'none'}"
+                + (f"; still to run: {', '.join(map(str, missing))} (an anytime run: the same command adds them "
+                   f"and rewrites this report)." if missing else "."))
     blocks.append(("p", " ".join(meta)))
     return blocks
 

@@ -24,6 +24,8 @@ A spec file looks like::
     model = "lenet"                      # optional (attacks): another model than [experiment] models
     record_steps = 8                     # optional (attacks): steps the transcript keeps at each end of
                                          # training for this entry's runs (more targets for label attacks)
+    train = { epochs = 13, lr = 1e-5 }   # optional (attacks): [train] settings of this entry's own runs
+                                         # (FSHA's paper budget: a malicious server's run of its length)
 
     [[defenses]]
     name = "deeper-split"
@@ -60,6 +62,7 @@ class Entry:
     datasets: tuple[str, ...] | None = None  # None: every dataset of the experiment
     model: str | None = None  # None: the experiment's model for the dataset (attacks only)
     record_steps: int | None = None  # None: [train] record_steps (attacks only)
+    train: tuple[tuple[str, Any], ...] = ()  # [train] overrides for this entry's runs (attacks only)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -113,7 +116,7 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
         if not isinstance(item, dict) or "name" not in item:
             raise SpecError(f"{where}: [[{what}]] entry {i + 1} needs a name")
         unknown = set(item) - {"name", "params", "grid", "setup", "label_layers", "depths", "datasets", "model",
-                               "record_steps"}
+                               "record_steps", "train"}
         if unknown:
             raise SpecError(f"{where}: [[{what}]] {item['name']!r} has unknown keys {sorted(unknown)}")
         if item.get("setup") is not None and item["setup"] not in SETUPS:
@@ -128,6 +131,17 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
         rs = item.get("record_steps")
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int) or rs < 1):
             raise SpecError(f"{where}: [[{what}]] {item['name']!r}: record_steps must be an integer >= 1")
+        train = item.get("train", {})
+        if not isinstance(train, dict):
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: train must be a table of [train] settings")
+        bad = set(train) - {f.name for f in dataclasses.fields(TrainConfig)} | ({"record_steps"} & set(train))
+        if bad:
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: unknown train settings {sorted(bad)} (record_steps "
+                            f"is the entry's own key); known: {sorted(f.name for f in dataclasses.fields(TrainConfig))}")
+        try:
+            TrainConfig(**train)
+        except (ValueError, TypeError) as e:
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: train: {e}") from None
         params = dict(item.get("params", {}))
         grid = dict(item.get("grid", {}))
         for k, vals in grid.items():
@@ -139,7 +153,8 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
             out.append(Entry(item["name"], tuple(sorted((k, _freeze(v)) for k, v in p.items())),
                              item.get("setup"), item.get("label_layers"),
                              None if depths is None else tuple(depths),
-                             None if datasets is None else tuple(datasets), item.get("model"), rs))
+                             None if datasets is None else tuple(datasets), item.get("model"), rs,
+                             tuple(sorted(train.items()))))
     return tuple(out)
 
 

@@ -10,6 +10,10 @@ the `TrainResult`, the cell cost (with the defense's report) and the global rand
 training, which are restored on a hit so that the attacks draw exactly what they would have drawn
 after a fresh training run: cached or not, the same numbers.
 
+On by default, in ``<user cache>/models`` (`default_dir`: ``$ARENA_MODEL_CACHE``, else
+``$ARENA_CACHE/models``, else ``~/.cache/arena/models``); `python -m arena.matrix --no-model-cache`
+turns it off, ``--model-cache-info`` shows its size and ``--clear-model-cache`` empties it.
+
 Malicious attacks (FSHA) impose their own training and keep state from it: never cached. A cache
 entry that cannot be written (an unpicklable transcript) or read (a corrupt file) is skipped with
 a warning; the run goes on by training.
@@ -41,6 +45,36 @@ NOT_TRAINING = ("attacks/", "scoring/", "report/", "matrix.py", "protocol/view.p
                 "run/model_cache.py", "run/artifacts.py", "run/grants.py")
 
 
+OFF = ("off", "none", "0", "false", "no")  # $ARENA_MODEL_CACHE / --model-cache values that turn it off
+
+
+def default_dir() -> Path | None:
+    """Where trained models are kept unless told otherwise (not created here); None: turned off
+    (``ARENA_MODEL_CACHE=off``)."""
+    if os.environ.get("ARENA_MODEL_CACHE", "").strip().lower() in OFF and os.environ.get("ARENA_MODEL_CACHE"):
+        return None
+    if os.environ.get("ARENA_MODEL_CACHE"):
+        return Path(os.environ["ARENA_MODEL_CACHE"]).expanduser()
+    from ..data.sources import cache_dir
+
+    return cache_dir() / "models"
+
+
+def info(cache_dir: str | os.PathLike) -> tuple[int, int]:
+    """(entries, bytes) of the cache at ``cache_dir`` (0, 0 if it does not exist)."""
+    files = list(Path(cache_dir).glob("*.pt")) if Path(cache_dir).is_dir() else []
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def clear(cache_dir: str | os.PathLike) -> tuple[int, int]:
+    """Delete every entry (and stale temporary file) of the cache; returns what `info` said before."""
+    before = info(cache_dir)
+    if Path(cache_dir).is_dir():
+        for f in [*Path(cache_dir).glob("*.pt"), *Path(cache_dir).glob("*.tmp")]:
+            f.unlink(missing_ok=True)
+    return before
+
+
 def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
     return any(rel.startswith(p) if p.endswith("/") else rel == p for p in patterns)
 
@@ -70,8 +104,9 @@ def cache_key(spec: Any, defense_cls: type, device: str) -> str:
         defense_src = _file_hash(inspect.getsourcefile(defense_cls) or "")
     except (TypeError, OSError):
         defense_src = "?"
-    ident = {"scenario": spec.scenario.key(), "defense": [spec.defense.name, spec.defense.params],
-             "n_aux": spec.n_aux, "device": device, "threads": torch.get_num_threads(),
+    # the training run (CellSpec.train_key: scenario without record_steps, setup as the defense turns
+    # it, defense, n_aux) and how many steps its transcript keeps
+    ident = {"run": spec.train_key, "record_steps": spec.scenario.train.record_steps, "device": device, "threads": torch.get_num_threads(),
              "torch": torch.__version__, "code": code_fingerprint(), "defense_code": defense_src}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

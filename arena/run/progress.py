@@ -104,6 +104,13 @@ class Progress:
         else:
             print(f"{msg}   (~{fmt_seconds(self.eta())} left)", file=self.stream, flush=True)
 
+    def note(self, msg: str) -> None:
+        """A line of its own (a pass begins or ends), with the elapsed time."""
+        if self.quiet:
+            return
+        line = f"-- {msg} ({fmt_seconds(time.perf_counter() - self.t0)} elapsed)"
+        print(("\r" + line.ljust(WIDTH)) if self.tty else line, file=self.stream, flush=True)
+
     def idle(self, worker: object) -> None:
         """A worker finished its activity (no more updates from it for now)."""
         self.activities.pop(worker, None)

@@ -47,7 +47,13 @@ class CellSpec:
     deny: tuple[str, ...] = ()  # capabilities the experiment's threat model denies (sorted values)
 
     def _ident(self, with_attack: bool) -> str:
-        d: dict[str, Any] = {"scenario": self.scenario.key(), "defense": [self.defense.name, self.defense.params],
+        if with_attack:
+            scenario = self.scenario.key()
+        else:  # the training run: a defense that turns this setup into another trains that one
+            scenario = self.scenario.training_key()
+            converts = getattr(DEFENSES.get(self.defense.name), "converts_setups", {})
+            scenario["setup"] = converts.get(scenario["setup"], scenario["setup"])
+        d: dict[str, Any] = {"scenario": scenario, "defense": [self.defense.name, self.defense.params],
                              "n_aux": self.n_aux}
         if with_attack:
             d["attack"] = [self.attack.name, self.attack.params]
@@ -95,8 +101,7 @@ def plan(exp: Experiment) -> list[CellSpec]:
                         sc = Scenario(dataset=dataset, model=a.model or exp.model_for(dataset), depth=depth, setup=setup,
                                       seed=seed, n_train=exp.n_train, n_test=exp.n_test,
                                       label_layers=a.label_layers or exp.label_layers,
-                                      train=exp.train if a.record_steps is None else
-                                      replace(exp.train, record_steps=a.record_steps))
+                                      train=_entry_train(exp, a))
                         specs.append(CellSpec(sc, a, d, exp.n_aux, exp.deny))
     return specs
 
@@ -108,6 +113,36 @@ def groups(specs: list[CellSpec]) -> list[list[CellSpec]]:
         malicious = getattr(ATTACKS.get(s.attack.name), "malicious", False)
         out.setdefault(s.key if malicious else s.train_key, []).append(s)
     return list(out.values())
+
+
+def _entry_train(exp: Experiment, a: Entry):
+    """The [train] settings of an attack entry's runs: the experiment's, with the entry's overrides."""
+    over = dict(a.train) | ({} if a.record_steps is None else {"record_steps": a.record_steps})
+    return replace(exp.train, **over) if over else exp.train
+
+
+def seed_passes(specs: list[CellSpec], seeds: tuple[int, ...]) -> list[tuple[int, list[CellSpec]]]:
+    """The cells split into passes, one per seed in the experiment's order: the first pass answers
+    every pairing once, each further pass adds a seed (an anytime run: a report after each pass)."""
+    order = {s: i for i, s in enumerate(dict.fromkeys(seeds))}
+    out: dict[int, list[CellSpec]] = {}
+    for s in specs:
+        out.setdefault(s.scenario.seed, []).append(s)
+    return sorted(out.items(), key=lambda kv: order.get(kv[0], len(order)))
+
+
+def group_cost(group: list[CellSpec]) -> float:
+    """A rough relative cost of a group, for scheduling only: its training run (a malicious attack's
+    hijacked run counts as several; a defense declares its own `train_cost`) plus its attacks."""
+    s = group[0]
+    malicious = any(getattr(ATTACKS.get(x.attack.name), "malicious", False) for x in group)
+    train_cost = float(getattr(DEFENSES.get(s.defense.name), "train_cost", 1.0)) * (3.0 if malicious else 1.0)
+    return train_cost + 0.1 * len(group)
+
+
+def longest_first(gs: list[list[CellSpec]]) -> list[list[CellSpec]]:
+    """Groups by decreasing `group_cost` (stable): with several workers the long runs start first."""
+    return sorted(gs, key=group_cost, reverse=True)
 
 
 def effective_n_train(n: int, n_train: int | None, n_aux: int, dataset: str = "the dataset") -> int:
@@ -148,8 +183,16 @@ class GroupContext:
 def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     """Train once for the group and run each of its attacks; yields cells as they finish."""
     t0 = time.perf_counter()
-    first = specs[0]
+    # one run for the group, recording as many steps as its most demanding attack asked for; each
+    # attack then sees the transcript its own record_steps would have kept (Transcript.trimmed)
+    rec = max(s.scenario.train.record_steps for s in specs)
+    first = replace(specs[0], scenario=replace(specs[0].scenario, train=replace(specs[0].scenario.train,
+                                                                                  record_steps=rec)))
     sc = first.scenario
+    # the data order of the training run, which a setup-converting defense (he) shares across setups
+    order_key = json.loads(json.dumps(sc.training_key(), default=str))
+    order_key["setup"] = getattr(DEFENSES.get(first.defense.name), "converts_setups", {}).get(sc.setup, sc.setup)
+    order_key = json.dumps(order_key, sort_keys=True)
     attacks = [ATTACKS.create(s.attack.name, **s.attack.kwargs) for s in specs]
     try:
         data = load_data(sc, first.n_aux, ctx.data_dir)
@@ -167,10 +210,10 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
            "n_train": len(data.x_train)}
     runnable = []
     for s, a in zip(specs, attacks):
-        why = blocked_reason(sc, s.deny, a, defense, defended)
+        why = blocked_reason(s.scenario, s.deny, a, defense, defended)
         granted = capability_names(granted_capabilities(a, defended, s.deny))
         if why is not None:
-            yield _cell(s, "blocked", reason=why, cost=defense.report() if sc.setup in defense.setups else {},
+            yield _cell(s, "blocked", reason=why, cost=defense.report() if s.scenario.setup in defense.setups else {},
                         effective=eff, granted=granted)
         else:
             runnable.append((s, a))
@@ -180,7 +223,7 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     try:
         # Common random numbers: every defense of a scenario trains on the same data order, so a
         # defense-vs-none difference is the defense's, not training noise (and strength 0 == none).
-        gen = torch_generator(sc.seed, "train", json.dumps(sc.key(), sort_keys=True, default=str))
+        gen = torch_generator(sc.seed, "train", order_key)
         policy = None
         if policy_attack is not None:  # its own generator, and aux data only if its threat model has it
             pgranted = granted_capabilities(policy_attack, defended, policy_spec.deny)
@@ -193,7 +236,7 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
         prog = (lambda i, n: ctx.progress("train " + first.label(), i, n)) if ctx.progress else None
 
         def fresh() -> tuple[TrainResult, dict[str, Any]]:
-            seed_everything(sc.seed, "train", json.dumps(sc.key(), sort_keys=True, default=str))
+            seed_everything(sc.seed, "train", order_key)
             res = train(defended, data, gen, ctx.device, policy=policy, progress=prog)
             defense.after_training(res)
             return res, {**res.cost, **defense.report()}
@@ -208,11 +251,13 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     utility = {"test_acc": result.test_acc}
     for s, a in runnable:
         t1 = time.perf_counter()
+        mine = s.scenario.train.record_steps
+        res = result if mine == rec else replace(result, transcript=result.transcript.trimmed(mine))
         try:
             # global streams too (fresh layers in view builders, clones): a cell's numbers must not
             # depend on which attacks ran before it on the same model, nor on a cached training run
             seed_everything(sc.seed, "attack", s.key)
-            view = make_view(a, defended, result, data, ctx.device, deny=s.deny)
+            view = make_view(a, defended, res, data, ctx.device, deny=s.deny)
             granted = view.capabilities  # what make_view granted: computed once, there
             if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
                 view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
@@ -221,10 +266,10 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
             finally:
                 if view.query is not None:
                     view.query.close()
-            metrics = score(out, result, data.x_test, data.y_test, ctx.device,
+            metrics = score(out, res, data.x_test, data.y_test, ctx.device,
                             ids="samples" if Capability.SAMPLE_IDS in granted else "handles")
             metrics |= {k: v for k, v in out.extra.items() if isinstance(v, (int, float)) and k not in metrics}
-            artifacts = _save_artifacts(ctx, s, result, out)
+            artifacts = _save_artifacts(ctx, s, res, out)
             yield _cell(s, "ok", metrics=metrics, utility=utility, cost=cost | {"attack_s": time.perf_counter() - t1},
                         wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts, effective=eff,
                         granted=capability_names(granted))
