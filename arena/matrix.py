@@ -27,7 +27,7 @@ from .run.progress import Progress
 from .registry import UnknownNameError
 from .report.document import write_report
 from .report.tables import write_summary
-from .run.runner import effective_n_train, groups, longest_first, plan, seed_passes, validate_depths
+from .run.runner import effective_sizes, groups, longest_first, plan, seed_passes, validate_depths
 from .run.store import CellStore, read_cells
 
 REPO = Path(__file__).resolve().parent.parent
@@ -313,13 +313,18 @@ def _cache_dir(a: argparse.Namespace) -> Path | None:
 
 
 def check_data(exp: Experiment, data_dir: str | None, quiet: bool) -> None:
-    """Load every dataset once before any work: a missing or corrupt file, or an auxiliary set that
-    leaves no training data, is an error now rather than an error cell later."""
+    """Load every dataset once before any work: a missing or corrupt file is an error now rather
+    than an error cell later; a split too small for n_train + n_aux is said (see `effective_sizes`)."""
     for name in exp.datasets:
         if not quiet:
             print(f"checking {name} ...", file=sys.stderr)
         ds = load_dataset(name, data_dir=data_dir)
-        effective_n_train(len(ds.x_train), exp.n_train, exp.n_aux, name)
+        n = len(ds.x_train)
+        n_train, n_aux = effective_sizes(n, exp.n_train, exp.n_aux, name)
+        if not quiet and (n_aux != exp.n_aux or (exp.n_train is not None and n_train < exp.n_train)):
+            print(f"{name}: {n} training images: {n_train} private + {n_aux} auxiliary (n_aux {exp.n_aux} does "
+                  f"not fit beside n_train {'all' if exp.n_train is None else exp.n_train}; the auxiliary set "
+                  f"stays disjoint)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -229,12 +229,28 @@ def test_aux_comes_from_the_training_split_and_never_overlaps_when_n_train_is_al
     assert len(d.x_train) == len(full.x_train) - 99  # "all" trains on what is left after the aux set
 
 
-def test_an_aux_set_that_leaves_no_training_data_is_an_error_before_any_work(tmp_path, capsys):
-    spec = tmp_path / "big-aux.toml"
-    spec.write_text('[experiment]\ndatasets = ["digits"]\nn_aux = 5000\n[[attacks]]\nname = "mean-image"\n')
-    assert main(["-e", str(spec), "--out", str(tmp_path / "r2"), "-q"]) == 2
-    assert "n_aux=5000 leaves no training sample" in capsys.readouterr().err
-    assert not (tmp_path / "r2" / CELLS).exists()
+def test_the_defaults_fit_a_dataset_smaller_than_them(tmp_path, capsys):
+    """The default experiment asks for every training image and 5,000 auxiliary ones; digits has 1,437:
+    it keeps a disjoint auxiliary fifth and trains on the rest (said before the run, recorded per cell)."""
+    out = tmp_path / "digits"
+    assert main(["--datasets", "digits", "--attacks", "mean-image", "--defenses", "none", "--seeds", "0",
+                 "--out", str(out), "--no-report"]) == 0
+    (cell,) = read_cells(out)
+    assert cell.status == "ok"
+    assert (cell.effective["n_train"], cell.effective["n_aux"]) == (1437 - 287, 287)
+    assert "digits: 1437 training images: 1150 private + 287 auxiliary (n_aux 5000 does not fit" \
+        in capsys.readouterr().err
+
+
+def test_sizes_that_fit_are_kept_and_only_an_empty_split_is_an_error():
+    from arena.run.runner import effective_sizes
+
+    assert effective_sizes(60000, None, 5000) == (55000, 5000)
+    assert effective_sizes(1437, 300, 1000) == (300, 1000)  # both fit: as asked
+    assert effective_sizes(1437, None, 5000) == (1150, 287)
+    assert effective_sizes(1437, 2000, 0) == (1437, 0)
+    with pytest.raises(ValueError, match="too few to train"):
+        effective_sizes(1, None, 0, "tiny")
 
 
 # A run that fails says so ----------------------------------------------------------------------

@@ -145,25 +145,38 @@ def longest_first(gs: list[list[CellSpec]]) -> list[list[CellSpec]]:
     return sorted(gs, key=group_cost, reverse=True)
 
 
+AUX_SHARE = 0.2  # the most of a training split the auxiliary set may take when both do not fit
+
+
+def effective_sizes(n: int, n_train: int | None, n_aux: int, dataset: str = "the dataset") -> tuple[int, int]:
+    """(private training samples, auxiliary samples) actually used from a training split of ``n``:
+    ``n_train`` (None: all that is left) and ``n_aux``. A split too small for both keeps a disjoint
+    auxiliary set of at most ``AUX_SHARE`` of it and trains on the rest (digits: 1,437 images, default
+    n_aux 5000 -> 287 auxiliary, 1,150 private). Raises only if nothing would be left to train on."""
+    if n < 2:
+        raise ValueError(f"{dataset} has {n} training sample(s): too few to train and attack")
+    aux = n_aux if n_aux <= AUX_SHARE * n or (n_train is not None and n_train + n_aux <= n) \
+        else max(1, int(AUX_SHARE * n)) if n_aux else 0
+    return min(n - aux if n_train is None else n_train, n - aux), aux
+
+
 def effective_n_train(n: int, n_train: int | None, n_aux: int, dataset: str = "the dataset") -> int:
-    """Private training samples actually used: ``n_train`` (None: all), at most what the training
-    split holds once the disjoint auxiliary set is set aside. Raises if nothing would be left."""
-    if n_aux >= n:
-        raise ValueError(f"n_aux={n_aux} leaves no training sample of {dataset}'s {n}: lower n_aux")
-    return min(n if n_train is None else n_train, n - n_aux)
+    """Private training samples actually used (see `effective_sizes`)."""
+    return effective_sizes(n, n_train, n_aux, dataset)[0]
 
 
 def load_data(sc: Scenario, n_aux: int, data_dir: str | None) -> Data:
     """The private training subset, a disjoint auxiliary subset (both from the training split) and
     the test subset, by seed. Private, auxiliary and test data never overlap: a dataset with fewer
-    training samples than ``n_train + n_aux`` trains on what is left after the auxiliary set."""
+    training samples than ``n_train + n_aux`` trains on what is left after the auxiliary set (and a
+    split too small for the auxiliary set keeps a smaller one: `effective_sizes`)."""
     ds = load_dataset(sc.dataset, data_dir=data_dir, seed=sc.seed)
     n = len(ds.x_train)
     rng = numpy_rng(sc.seed, sc.dataset, "split")
     perm = rng.permutation(n)
-    n_train = effective_n_train(n, sc.n_train, n_aux, sc.dataset)
+    n_train, n_aux = effective_sizes(n, sc.n_train, n_aux, sc.dataset)
     train_idx = torch.as_tensor(sorted(perm[:n_train]))
-    aux_idx = torch.as_tensor(sorted(perm[n - n_aux:]))  # the far end: disjoint whatever n_train is
+    aux_idx = torch.as_tensor(sorted(perm[n - n_aux:]) if n_aux else [], dtype=torch.long)  # the far end: disjoint
     x_aux, y_aux = ds.x_train[aux_idx], ds.y_train[aux_idx]
     n_test = len(ds.x_test) if sc.n_test is None else min(sc.n_test, len(ds.x_test))
     test_idx = torch.as_tensor(sorted(numpy_rng(sc.seed, sc.dataset, "test").permutation(len(ds.x_test))[:n_test]))
@@ -207,7 +220,7 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
             yield _cell(s, "error", error=_err(e), wall_s=time.perf_counter() - t0)
         return
     eff = {"depth": defended.depth, "setup": defended.scenario.setup, "label_layers": defended.label_layers,
-           "n_train": len(data.x_train)}
+           "n_train": len(data.x_train), "n_aux": len(data.x_aux)}
     runnable = []
     for s, a in zip(specs, attacks):
         why = blocked_reason(s.scenario, s.deny, a, defense, defended)
