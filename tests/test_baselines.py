@@ -39,9 +39,15 @@ def _run(name, setup, res, data, gen="attack", **params):
 
 
 def test_baselines_are_marked_with_the_kinds_they_are_the_baseline_of():
+    from arena.report.tables import baseline_metrics, headline_metric
+
     assert ATTACKS.get("mean-image").kind == ATTACKS.get("random-front").kind == "baseline"
     assert ATTACKS.get("mean-image").baseline_of == ("inversion", "hijack")
     assert ATTACKS.get("random-front").baseline_of == ("stealing",)
+    assert baseline_metrics("mean-image") == ("ssim",) and baseline_metrics("random-front") == ("clone_acc",)
+    assert baseline_metrics("unsplit") == () and baseline_metrics("no-such-attack") == ()
+    assert headline_metric("random-front", ["ssim", "clone_acc"]) == "clone_acc"
+    assert headline_metric("mean-image", ["ssim", "clone_acc"]) == "ssim"
     assert all(ATTACKS.get(n).requires == frozenset() for n in ("mean-image", "random-front"))
 
 
