@@ -211,6 +211,10 @@ record_steps = 1
 [[attacks]]
 name = "mean-image"
 [[attacks]]
+name = "random-front"
+[[attacks]]
+name = "unsplit"
+[[attacks]]
 name = "test-he-cut-grad"
 [[attacks]]
 name = "unsplit-label"
@@ -218,8 +222,11 @@ setup = "u-shaped"
 [[defenses]]
 name = "he"
 """)}
-    blocked = cells["mean-image"]
+    blocked = cells["unsplit"]
     assert blocked["status"] == "blocked" and "smashed" in blocked["reason"] and "he" in blocked["reason"]
+    for name, metric in (("mean-image", "ssim"), ("random-front", "clone_acc")):  # baselines need nothing he removes
+        assert cells[name]["status"] == "ok" and metric in cells[name]["metrics"], cells[name]
+        assert cells[name]["granted"] == ["architecture"]
     label = cells["unsplit-label"]  # it simulates the label owner on the server's output: a ciphertext under HE
     assert label["status"] == "blocked" and "server_out" in label["reason"] and "he" in label["reason"]
     ok = cells["test-he-cut-grad"]

@@ -122,15 +122,26 @@ def test_report_files_conclusions_and_rebuild(run_dir, capsys):
     assert "grids/" in md and "<img src='grids/" in html  # reconstruction grids linked
     # the conclusions come from the numbers: noise 2.0 leaks least but costs 20 points,
     # noise 0.5 is the best setting within 2 accuracy points
-    assert "Lowest leakage: noise(sigma=2.0), ssim 0.110 ± 0.025 (-0.700 vs undefended)" in md
-    assert "(-20.0 points)" in md
+    assert ("Lowest leakage: noise(sigma=2.0), ssim 0.110 ± 0.025 (Δ vs undefended -0.700 ± 0.000 over 3 paired "
+            "seeds, distinguishable)") in md
+    assert "(-20.0 points; paired over 3 seeds: distinguishable)" in md
     assert "Best within 2 accuracy points: noise(sigma=0.5)" in md
     assert "Blocked (the defense removes what the attack needs) by shield" in md
     assert "by split depth: depth 1: 0.810, depth 2: 0.410" in md
-    assert "mean-image baseline scores ssim 0.040 ± 0.025: the attack is clearly above it" in md
-    assert "| digits | 1 | shield | 0 | - | - | - | blocked: toy-label requires labels" in md
+    assert "It beats the mean-image baseline, paired by seed: Δ ssim +0.770 ± 0.000 over 3 paired seeds" in md
+    assert "No baseline run" not in md.split("depth 1 (of depths 1, 2)")[1].split("\n")[1]  # depth 1 has one
+    assert "ok; no baseline run (mean-image)" in md  # depth 2 has none: said, not guessed
+    assert "| digits | 1 | shield | 0 | - | - | - | - | - | blocked: toy-label requires labels" in md
     assert "class='blocked'" in html and "class='error'" in html
-    assert "n | ssim" in md and "0.810 ± 0.025" in md  # n seeds and mean ± CI in the tables
+    assert "n | ssim | Δ ssim vs none (paired) | test acc | Δ test acc vs none (paired)" in md
+    assert "0.810 ± 0.025" in md  # n seeds and mean ± CI in the tables
+    assert "| -0.700 ± 0.000 (3 pairs, distinguishable) | 0.702 ± 0.005 | -0.200 ± 0.000 (3 pairs, distinguishable)" in md
+    import pandas as pd
+
+    csv = pd.read_csv(run_dir / "summary.csv")  # the paired columns are in summary.csv too
+    row = csv[(csv["attack"] == "toy-inversion") & (csv["depth"] == 1) & (csv["defense_params"] == '{"sigma": 2.0}')]
+    assert row["d_headline"].iloc[0] == pytest.approx(-0.7) and row["d_headline_n"].iloc[0] == 3
+    assert row["vs_baseline"].iloc[0] == "above baseline" and row["headline"].iloc[0] == "ssim"
     capsys.readouterr()
 
 

@@ -73,7 +73,7 @@ def test_he_inversion_cells_are_not_evaluated_not_blocked_and_record_the_effecti
     pytest.importorskip("tenseal")
     cells = run_matrix(TINY.format(steps=1) + """
 [[attacks]]
-name = "mean-image"
+name = "unsplit"
 [[defenses]]
 name = "he"
 grid = { train_server = [true, false] }
@@ -112,7 +112,7 @@ deny = ["client_weights"]
     cells = {c["attack"]: c for c in run_matrix(toml)}
     wb, base = cells["he-whitebox"], cells["mean-image"]
     assert wb["status"] == "blocked" and wb["reason"].startswith(DENIED) and "client_weights" in wb["reason"]
-    assert base["status"] == "ok" and base["granted"] == ["architecture", "smashed"]
+    assert base["status"] == "ok" and base["granted"] == ["architecture"]  # a baseline needs nothing more
 
 
 def test_deny_names_are_checked_before_any_work(tmp_path, capsys):

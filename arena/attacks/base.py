@@ -25,6 +25,9 @@ class Attack:
     requires: ClassVar[frozenset[Capability]] = frozenset()
     default_setup: ClassVar[str] = "vanilla"
     paper: ClassVar[str] = ""
+    # A baseline (kind "baseline") names the attack kinds whose headline metric it is the no-knowledge
+    # reference for; the report pairs every attack of those kinds with it, seed by seed.
+    baseline_of: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any) -> None:
         if params:

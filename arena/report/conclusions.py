@@ -1,9 +1,15 @@
 """"What to conclude" per attack, written from the numbers of a `leakage_frame` (no judgement
-that the numbers do not support: differences whose 95% CIs overlap are called indistinguishable).
+that the numbers do not support). A defense is compared with undefended on the **paired** per-seed
+differences (`arena.report.paired`): a difference whose 95% CI includes 0 is called not
+distinguishable, with the number of seeds it used and an estimate of the seeds that would resolve it.
+An attack that does not beat its baseline undefended is "under budget": no defense is credited with
+lowering its leakage, and a baseline itself is never ranked.
 """
 from __future__ import annotations
 
 import math
+
+from .paired import ABOVE, IS_BASELINE, NO_BASELINE, UNDER, paired_of, paired_text
 
 ACC_BUDGET = 0.02  # "keeps utility": test accuracy within 2 points of the undefended run
 
@@ -14,20 +20,6 @@ def _f(v: float) -> str:
 
 def _pm(v: float, h: float) -> str:
     return _f(v) + (f" ± {h:.3f}" if isinstance(h, float) and h == h and h > 0 else "")
-
-
-def _overlap(a, b) -> bool:
-    """95% CIs of two rows overlap (a single seed has no interval: never call it significant)."""
-    if a.n_seeds < 2 or b.n_seeds < 2:
-        return True
-    return abs(a.value - b.value) <= (a.ci or 0) + (b.ci or 0)
-
-
-def _sig(r, ref) -> str:
-    """How far to trust a difference from undefended."""
-    if r.n_seeds < 2 or ref.n_seeds < 2:
-        return " (one seed: no confidence interval)"
-    return " (CIs overlap with undefended: not distinguishable at this number of seeds)" if _overlap(r, ref) else ""
 
 
 def _acc(r) -> str:
@@ -61,15 +53,10 @@ def conclude(lf, attack_label: str, dataset: str) -> list[str]:
                    f"{_targets(ref)}), {_acc(ref)}.")
         if metric in CHANCE_TEXT:
             out.append(_vs_chance(ref, metric))
-        base = _baseline(lf, dataset, depth, metric)
-        if base is not None and attack_label != base.attack_label:
-            if min(ref.n_seeds, base.n_seeds) < 2:
-                verdict = ("above" if ref.value > base.value else "not above") + " it (one seed: no confidence interval)"
-            else:
-                verdict = "not distinguishable from it" if _overlap(ref, base) else (
-                    "clearly above it" if ref.value > base.value else "below it")
-            out.append(f"The {base.attack_label} baseline scores {metric} {_pm(base.value, base.ci)}: the attack "
-                       f"is {verdict}.")
+        out.extend(_vs_baseline(ref, metric))
+        if _flag(ref) in (UNDER, IS_BASELINE):  # nothing a defense could be credited with lowering
+            out.extend(_blocked_errors(at, g, metric))
+            return out
     else:
         out.append(f"No undefended (`none`) cell {where}; the settings below are compared with each other.")
     others = ok[ok["defense"] != "none"]
@@ -86,11 +73,13 @@ def conclude(lf, attack_label: str, dataset: str) -> list[str]:
                     and r.test_acc >= ref.test_acc - ACC_BUDGET]
             if keep:
                 kbest = min(keep, key=lambda r: r.value)
+                p = paired_of(kbest, "d_headline")
                 if kbest.Index == best.Index:
                     out.append(f"It keeps test accuracy within {100 * ACC_BUDGET:.0f} points of undefended.")
-                elif kbest.value >= ref.value or (_overlap(kbest, ref) and min(kbest.n_seeds, ref.n_seeds) >= 2):
+                elif kbest.value >= ref.value or (p.n >= 2 and not p.distinguishable):
                     out.append(f"No setting that keeps test accuracy within {100 * ACC_BUDGET:.0f} points reduces "
-                               f"{metric} beyond the noise (best: {kbest.defense_label}, {_pm(kbest.value, kbest.ci)}).")
+                               f"{metric} beyond the noise (best: {kbest.defense_label}, {_pm(kbest.value, kbest.ci)}; "
+                               f"{paired_text(p, 'paired Δ')}).")
                 else:
                     out.append(_change(f"Best within {100 * ACC_BUDGET:.0f} accuracy points", kbest, ref, metric))
             else:
@@ -141,6 +130,13 @@ def _vs_chance(r, metric: str) -> str:
     if not isinstance(chance, float) or chance != chance:
         return f"No chance line for {metric} (the cells lack label_chance)."
     s = f"Chance ({CHANCE_TEXT[metric]}) is {chance:.3f}: the attack is "
+    p = paired_of(r, "d_baseline")
+    if metric in ("label_acc", "leak_auc") and p.n >= 2:  # the chance line is this cell's own baseline: paired
+        if p.above_zero:
+            return s + f"clearly above it ({paired_text(p, 'paired Δ')})."
+        if p.mean + p.ci < 0:
+            return s + "below it" + (" (its rule ranks the classes backwards)." if metric == "leak_auc" else ".")
+        return s + f"not distinguishable from it at this number of seeds and targets ({paired_text(p, 'paired Δ')})."
     if r.n_seeds < 2:
         return s + ("above" if r.value > chance else "not above") + " it (one seed: no confidence interval)."
     ci = r.ci if isinstance(r.ci, float) and r.ci == r.ci else math.inf
@@ -155,15 +151,55 @@ def _change(what: str, r, ref, metric: str) -> str:
     s = f"{what}: {r.defense_label}, {metric} {_pm(r.value, r.ci)}"
     if ref is None:
         return s + f", {_acc(r)}."
+    acc = paired_of(r, "d_test_acc")
     d_acc = 100 * (r.test_acc - ref.test_acc) if r.test_acc == r.test_acc else math.nan
-    return (s + f" ({r.value - ref.value:+.3f} vs undefended){_sig(r, ref)}, at {_acc(r)} "
-            f"({d_acc:+.1f} points).")
+    acc_note = "" if acc.n == 0 else "; one seed" if acc.n < 2 else f"; paired over {acc.n} seeds: " + (
+        "distinguishable" if acc.distinguishable else "identical" if acc.sd == 0 and acc.mean == 0 else
+        "not distinguishable")
+    p = paired_of(r, "d_headline")
+    diff = paired_text(p, "Δ vs undefended") if p.n else f"{r.value - ref.value:+.3f} vs undefended, no paired seeds"
+    return s + f" ({diff}), at {_acc(r)} ({d_acc:+.1f} points{acc_note})."
 
 
-def _baseline(lf, dataset: str, depth: int, metric: str):
-    b = lf[(lf["dataset"] == dataset) & (lf["depth"] == depth) & (lf["defense"] == "none")
-           & (lf["metric"] == metric) & lf["attack"].isin(["mean-image"]) & lf["value"].notna()]
-    return next(iter(b.itertuples()), None)
+def _flag(r) -> str:
+    v = getattr(r, "vs_baseline", "")
+    return v if isinstance(v, str) else ""
+
+
+def _vs_baseline(ref, metric: str) -> list[str]:
+    """The undefended attack against its baseline, paired by seed (label metrics: their chance line,
+    stated by `_vs_chance` already, unless it is under budget)."""
+    flag, base = _flag(ref), getattr(ref, "baseline", "") or "baseline"
+    p = paired_of(ref, "d_baseline")
+    if flag == IS_BASELINE:
+        return ["This is a baseline: what a server gets without using what the protocol sends. Its values under "
+                "each defense are reference points, not leakage for a defense to reduce."]
+    label = metric in ("label_acc", "leak_auc")  # the chance line is the baseline, and `_vs_chance` said how
+    if flag == UNDER:
+        return [f"**Under budget**: undefended, the attack does not beat its baseline ({base}"
+                + ("" if label else f"; {paired_text(p, f'Δ {metric}')}") + f"). Its {metric} is no more than a "
+                "server gets without the protocol, so no defense is credited with lowering it; the defended "
+                "values are in the table below, unranked."] + _secondary(ref)
+    if flag == NO_BASELINE:
+        return [f"No baseline run: no undefended {base} cell at this depth and seed, so whether the attack "
+                "beats what a server gets without the protocol is not known."] + _secondary(ref)
+    if flag == ABOVE and not label:
+        return [f"It beats the {base} baseline, paired by seed: {paired_text(p, f'Δ {metric}')}."] + _secondary(ref)
+    return _secondary(ref)
+
+
+def _secondary(ref) -> list[str]:
+    """Other leakage metrics of the attack against their own baseline (UnSplit's clone vs random-front)."""
+    out = []
+    for col in getattr(ref, "_fields", ()):
+        if col.startswith("base_") and isinstance(getattr(ref, col), str):
+            m = col.removeprefix("base_")
+            p = paired_of(ref, f"d_base_{m}")
+            if p.n:
+                verdict = "above it" if p.above_zero else "not above it"
+                out.append(f"Its {m} against the {getattr(ref, col)} baseline, paired by seed: {verdict} "
+                           f"({paired_text(p, f'Δ {m}')}).")
+    return out
 
 
 def _depth_trend(g, metric: str) -> list[str]:
@@ -175,8 +211,10 @@ def _depth_trend(g, metric: str) -> list[str]:
 
 
 def overview(lf) -> tuple[list[str], list[list[str]]]:
-    """One row per attack and dataset, at its main depth: undefended leakage, the setting with the
-    lowest leakage and its accuracy cost, the best setting within ACC_BUDGET, what blocks it."""
+    """One row per attack and dataset, at its main depth: undefended leakage (flagged when under budget
+    or without a baseline run), the setting with the lowest leakage and its accuracy cost, the best
+    setting within ACC_BUDGET (n.s.: its paired difference from undefended is not distinguishable
+    from 0), what blocks it. An under-budget attack or a baseline gets no lowest/best setting."""
     header = ["attack", "dataset", "depth", "metric", "undefended", "lowest leakage (Δ test acc)",
               f"best within {100 * ACC_BUDGET:.0f} acc. points", "blocked by"]
     rows = []
@@ -189,8 +227,11 @@ def overview(lf) -> tuple[list[str], list[list[str]]]:
         ok = at[at["state"].isin(["ok", "partial"]) & at["value"].notna()]
         ref = next(iter(ok[ok["defense"] == "none"].itertuples()), None)
         others = list(ok[ok["defense"] != "none"].itertuples())
+        flag = _flag(ref) if ref is not None else ""
         low = within = "-"
-        if others:
+        if flag in (UNDER, IS_BASELINE):
+            low = "not credited: under budget" if flag == UNDER else "- (a baseline)"
+        elif others:
             best = min(others, key=lambda r: r.value)
             d_acc = f" ({100 * (best.test_acc - ref.test_acc):+.1f} pts)" if ref is not None else ""
             low = f"{best.defense_label}: {_f(best.value)}{d_acc}"
@@ -198,11 +239,14 @@ def overview(lf) -> tuple[list[str], list[list[str]]]:
                 keep = [r for r in others if r.test_acc >= ref.test_acc - ACC_BUDGET and r.value < ref.value]
                 if keep:
                     k = min(keep, key=lambda r: r.value)
-                    note = " (1 seed)" if min(k.n_seeds, ref.n_seeds) < 2 else " (n.s.)" if _overlap(k, ref) else ""
+                    p = paired_of(k, "d_headline")
+                    note = " (1 seed)" if p.n < 2 else "" if p.distinguishable else " (n.s.)"
                     within = f"{k.defense_label}: {_f(k.value)}{note}"
                 else:
                     within = "none lowers it"
         blocked = ", ".join(dict.fromkeys(at.loc[at["state"] == "blocked", "defense_label"])) or "-"
-        rows.append([label, ds, depth, metric, _pm(ref.value, ref.ci) if ref is not None else "-", low, within,
-                     blocked])
+        undefended = _pm(ref.value, ref.ci) if ref is not None else "-"
+        if flag in (UNDER, NO_BASELINE):
+            undefended += f" ({flag.upper() if flag == UNDER else flag})"
+        rows.append([label, ds, depth, metric, undefended, low, within, blocked])
     return header, rows

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from . import plots
 from .conclusions import ACC_BUDGET, conclude, overview
-from .tables import blocked_state, params_text, attack_kind, leakage_frame, summarize
+from .paired import ABOVE, NO_BASELINE, UNDER, paired_of, resolve_text
+from .tables import attack_kind, baseline_metrics, blocked_state, leakage_frame, params_text, summarize
 from .html import Block, to_html, to_markdown
 from ..run.store import MANIFEST, read_cells
 
@@ -91,6 +92,19 @@ def _how_to_read() -> list[Block]:
         "rebuilds it yet: the defense gets **no** credit; **denied** (lavender): the experiment's threat "
         "model denies an assumption the attack needs; **error** (red, hatched): the cell failed. None is ever "
         "counted as zero leakage.",
+        "**Paired comparisons**: a defended cell and the undefended one of the same attack setting and seed "
+        "share data order and initialisation, so each defense is compared with undefended on the per-seed "
+        "differences (defense − none) of the headline metric and of test accuracy: mean ± 95% CI (Student t "
+        "over the differences) and the number of pairs, **distinguishable** when that CI excludes 0. A "
+        "difference that is not yet distinguishable comes with an estimate of the seeds that would resolve a "
+        "difference of its size (n ≈ (t·sd/mean)², assuming the spread stays), or a bound below which any "
+        "difference lies.",
+        "**Baselines**: each attack is paired, seed by seed and undefended, with what a server gets without "
+        "using the protocol: `mean-image` (a constant image) for SSIM, `random-front` (a randomly initialised "
+        "client part before the real server part) for clone accuracy, the chance line for label accuracy "
+        "and leak AUC. An attack that does not beat it (the 95% CI of attack − baseline does not lie above "
+        "0; one seed: not above) is **UNDER BUDGET**: its heatmap row is labelled so and left uncoloured, and "
+        "no defense is credited with lowering it. Without a baseline cell the report says **no baseline run**.",
         "A defense that moves the cut (he) is labelled with the split that actually ran, e.g. `he [runs at "
         "depth 5, u-shaped]`; each attack's section states its threat model: the capabilities the server "
         "was granted.",
@@ -125,18 +139,50 @@ def _why(r) -> str:
 
 def _attack_table(g) -> tuple[list[str], list[list[str]]]:
     metric = g["metric"].dropna().iloc[0] if g["metric"].notna().any() else "leakage"
-    header = ["dataset", "depth", "defense", "n", metric, "test acc", "client cost / sample", "status"]
+    header = ["dataset", "depth", "defense", "n", metric, f"Δ {metric} vs none (paired)", "test acc",
+              "Δ test acc vs none (paired)", "client cost / sample", "status"]
     rows = []
     for r in g.sort_values(["dataset", "depth", "defense", "defense_label"]).itertuples():
         if r.state in ("blocked", "n/a", "n/e", "denied", "error"):
-            rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", _cost(r.cost), f"{r.state}: {_why(r)}"])
+            rows.append([r.dataset, r.depth, r.defense_label, 0, "-", "-", "-", "-", _cost(r.cost),
+                         f"{r.state}: {_why(r)}"])
         else:
             dropped = getattr(r, "dropped", 0)
             state = r.state + (f" ({dropped} seed{'s' if dropped != 1 else ''} without a finite {metric}: "
                                "left out)" if dropped else "")
+            if r.defense == "none" and getattr(r, "vs_baseline", "") in (UNDER, NO_BASELINE, ABOVE):
+                state += f"; {_baseline_note(r)}"
             rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, _pm(r.value, r.ci),
-                         _pm(r.test_acc, r.test_acc_ci), _cost(r.cost), state])
+                         _delta(r, "d_headline"), _pm(r.test_acc, r.test_acc_ci), _delta(r, "d_test_acc"),
+                         _cost(r.cost), state])
     return header, rows
+
+
+def _delta(r, prefix: str) -> str:
+    """"-0.120 ± 0.030 (3 pairs, distinguishable)" / "(3 pairs, n.s.: ~8 seeds)"; "-" for undefended."""
+    if r.defense == "none":
+        return "-"
+    p = paired_of(r, prefix)
+    if p.n == 0:
+        return "no paired seeds"
+    if p.n == 1:
+        return f"{p.mean:+.3f} (1 pair: no interval)"
+    if p.distinguishable:
+        verdict = "distinguishable"
+    else:
+        verdict = "n.s.: " + resolve_text(p).replace("an estimated ~", "est. ~").replace(
+            " would resolve a difference of this size", " to resolve")
+    return f"{p.mean:+.3f} ± {p.ci:.3f} ({p.n} pairs, {verdict})"
+
+
+def _baseline_note(r) -> str:
+    p = paired_of(r, "d_baseline")
+    if r.vs_baseline == NO_BASELINE:
+        return f"no baseline run ({r.baseline})"
+    d = f"{p.mean:+.3f}" + (f" ± {p.ci:.3f}" if p.n > 1 else "") + f", {p.n} pair{'s' if p.n != 1 else ''}"
+    if r.vs_baseline == UNDER:
+        return f"**UNDER BUDGET**: does not beat {r.baseline} (Δ {d}); no defense credited"
+    return f"beats {r.baseline} (Δ {d})"
 
 
 def build_report(out: Path) -> Path:
@@ -154,7 +200,9 @@ def build_report(out: Path) -> Path:
     blocks += [("h", 2, "Which defense, at what cost"),
                ("p", "Per attack at its main split depth: mean leakage over seeds without a defense, the defense "
                      "setting that lowers it most with its test-accuracy cost, and the best setting that costs at "
-                     f"most {100 * ACC_BUDGET:.0f} accuracy points (n.s.: within the 95% CIs of undefended)."),
+                     f"most {100 * ACC_BUDGET:.0f} accuracy points (n.s.: the 95% CI of its per-seed difference "
+                     "from undefended includes 0). UNDER BUDGET: the attack does not beat its baseline "
+                     "undefended, so no defense is credited."),
                ("table", *overview(lf))]
     plot_error = None
     try:
@@ -173,6 +221,8 @@ def build_report(out: Path) -> Path:
     for label in dict.fromkeys(lf.sort_values(["attack", "attack_label"])["attack_label"]):
         g = lf[lf["attack_label"] == label]
         kind = attack_kind(g["attack"].iloc[0]) or "unknown kind"
+        if baseline_metrics(g["attack"].iloc[0]):
+            kind = f"the baseline for {', '.join(baseline_metrics(g['attack'].iloc[0]))}"
         blocks.append(("h", 3, f"{label} ({kind})"))
         granted = [x for x in dict.fromkeys(g.loc[g["state"].isin(["ok", "partial"]), "granted"]) if x]
         if granted:

@@ -1,6 +1,8 @@
 """The report's figures (seaborn, an optional extra: ``pip install 'arena[plot]'``).
 
-Both take `arena.report.leakage_frame` rows. A `blocked` cell (the defense removes what the attack
+Both take `arena.report.leakage_frame` rows. A heatmap row whose attack does not beat its baseline
+undefended is labelled "UNDER BUDGET" and left uncoloured (grey numbers), so no defense looks as if it
+lowered a leakage that was never there; one with no baseline cell says "no baseline run". A `blocked` cell (the defense removes what the attack
 needs) is a hatched grey square labelled "blocked", one whose defense does not apply to the
 cell's setup a light square labelled "n/a", and an `error` cell a hatched red one: none is ever
 drawn as a leakage of 0.
@@ -35,8 +37,18 @@ def _libs():
     return sns, plt
 
 
+# a row whose attack does not beat its baseline undefended (or has none to compare with) says so
+ROW_FLAGS = {"under budget": "UNDER BUDGET", "no baseline run": "no baseline run", "baseline": "baseline"}
+
+
 def _row_label(r, multi_depth: bool) -> str:
-    return f"{r.attack_label}{f' · depth {r.depth}' if multi_depth else ''}  [{r.metric}]"
+    flag = ROW_FLAGS.get(getattr(r, "vs_baseline", "") or "")
+    return (f"{r.attack_label}{f' · depth {r.depth}' if multi_depth else ''}  [{r.metric}]"
+            + (f"  ({flag})" if flag else ""))
+
+
+def _under_budget(r) -> bool:
+    return getattr(r, "vs_baseline", "") == "under budget"
 
 
 def _save(fig, path: Path) -> Path:
@@ -60,7 +72,7 @@ def heatmap(lf, dataset: str, path: Path) -> Path:
     norm = np.full((len(rows), len(cols)), np.nan)
     cell = {(r.row, r.defense_label): r for r in d.itertuples()}
     for (row, col), r in cell.items():
-        if r.state in ("ok", "partial"):
+        if r.state in ("ok", "partial") and not _under_budget(r):  # under budget: no colour, no defense "wins"
             norm[rows.index(row), cols.index(col)] = r.norm
     fig, ax = plt.subplots(figsize=(max(6.0, 1.25 * len(cols) + 4.5), max(2.5, 0.55 * len(rows) + 1.6)))
     sns.heatmap(norm, mask=np.isnan(norm), cmap="rocket_r", vmin=0, vmax=1, linewidths=1, linecolor="white",
@@ -80,8 +92,10 @@ def heatmap(lf, dataset: str, path: Path) -> Path:
         else:
             ci = f"\n±{r.ci:.2f}" if isinstance(r.ci, float) and r.ci > 0 else ""
             star = "*" if r.state == "partial" else ""
+            if _under_budget(r):
+                ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor="#f7f7f7", edgecolor="white", lw=1))
             ax.text(j + 0.5, i + 0.5, f"{r.value:.2f}{star}{ci}", ha="center", va="center", fontsize=small,
-                    color="white" if r.norm > 0.55 else "black")
+                    color="#808080" if _under_budget(r) else "white" if r.norm > 0.55 else "black")
     ax.set_xlabel("defense")
     ax.set_ylabel("attack  [headline leakage metric]")
     ax.set_xticklabels(cols, rotation=30, ha="right")
@@ -89,6 +103,8 @@ def heatmap(lf, dataset: str, path: Path) -> Path:
     n = sorted(set(d.loc[d["state"].isin(["ok", "partial"]), "n_seeds"]))
     seeds = f"n = {n[0]}" if len(n) == 1 else f"n = {n[0]}–{n[-1]}" if n else "no finished seeds"
     partial = "; * = some seeds failed" if (d["state"] == "partial").any() else ""
+    if "vs_baseline" in d.columns and (d["vs_baseline"] == "under budget").any():
+        partial += ";\nUNDER BUDGET (grey): not above its baseline undefended; no defense credited"
     ax.set_title(f"{dataset}: leakage per attack and defense (mean ± 95% CI over seeds, {seeds}{partial})",
                  fontsize=9)
     out = _save(fig, path)
@@ -150,7 +166,9 @@ def frontier(lf, attack_label: str, path: Path) -> Path:
                     bbox={"facecolor": "#eeeeee", "edgecolor": "#999999", "hatch": "//", "alpha": 0.9})
         ax.set_xlabel("test accuracy (utility; right is better)")
         ax.set_ylabel(f"{metric} (leakage; lower is better)")
-        ax.set_title(f"{attack_label} on {ds}", fontsize=10)
+        under = "vs_baseline" in g.columns and (g["vs_baseline"] == "under budget").any()
+        ax.set_title(f"{attack_label} on {ds}" + ("\nUNDER BUDGET: does not beat its baseline undefended; "
+                                                  "no defense is credited" if under else ""), fontsize=10)
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))

@@ -4,56 +4,29 @@ the leakage frame that the heatmaps, frontiers and conclusions read.
 Every figure is a mean over seeds with a 95% confidence interval (Student t, exact quantile). Only
 finite values are averaged: ``n_seeds`` is the number of seeds that finished, ``<metric>_n`` the
 number of values that went into ``<metric>``'s mean, and ``dropped`` names the metrics some finished
-seed had no finite value for. Each attack is judged by one headline leakage metric chosen by its kind
-(`headline_metric`): SSIM for inversion, clone accuracy for stealing, label accuracy (else leak
-AUC) for label inference; higher means more leakage. A leak AUC is shown as the scorer computed it,
-never folded to max(AUC, 1 − AUC): an attack commits to which side of its score is "positive"
-before it sees the truth, so an AUC below 0.5 means its rule ranks the classes backwards.
-
-The chance line of each headline metric (`chance_line`): SSIM 0; clone accuracy 1/10 (the
-balanced 10-class test sets); leak AUC 0.5; label accuracy the **majority-class share of the scored
-targets** (``label_chance``: the accuracy of always guessing the most common label among exactly the
-examples the attack labelled, averaged over seeds; for a one-vs-rest question that is the share of
-the larger side, not 1/classes). The figures are in `arena.report.plots`, the document (with the
-per-attack conclusions) in `arena.report.document`.
+seed had no finite value for. Each attack is judged by one headline leakage metric, with its chance
+line (`arena.report.headline`). Each summary row also carries its paired comparisons over seeds
+(`arena.report.paired`): ``d_headline`` and ``d_test_acc`` (defense − none, per seed; ``_ci95``,
+``_n`` pairs, ``_sd``, ``_sig``: the CI excludes 0), and, for its attack setting, ``baseline``,
+``d_baseline`` (attack − baseline undefended, per seed) and ``vs_baseline`` (above baseline, under
+budget, no baseline run, baseline, no undefended run). The figures are in `arena.report.plots`, the
+document (with the per-attack conclusions) in `arena.report.document`.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Sequence
 
 from ..records import DENIED, NOT_APPLICABLE, NOT_EVALUATED, Cell, not_applicable
 from ..run.store import read_cells
+from .headline import (CHANCE, HEADLINE_BY_KIND, LEAKAGE, above_chance, attack_kind, attack_metric,  # noqa: F401
+                       baseline_metrics, chance_line, headline_metric, known_baselines)
+from .paired import NO_BASELINE, SETTING, UNDER, baseline_checks, defense_deltas, paired_of, paired_text
 from .statistics import estimate
 
 CELL_COLUMNS = ["dataset", "model", "depth", "setup", "attack", "attack_params", "defense", "defense_params"]
 HEADLINE = ["mse", "psnr", "ssim", "clone_acc", "label_acc", "leak_auc", "test_acc"]
-HEADLINE_BY_KIND = {"inversion": ("ssim",), "hijack": ("ssim",), "baseline": ("ssim",),
-                    "stealing": ("clone_acc",), "label": ("label_acc", "leak_auc")}
-LEAKAGE = ("ssim", "clone_acc", "label_acc", "leak_auc")  # fallback order for unknown kinds
-def attack_kind(name: str) -> str | None:
-    """The registered attack's kind (None if its module is not importable here)."""
-    from ..attacks import ATTACKS
-    from ..registry import UnknownNameError
-
-    try:
-        return getattr(ATTACKS.get(name), "kind", None)
-    except UnknownNameError:
-        return None
-
-
-def headline_metric(attack: str, available: Sequence[str], binary: bool = False) -> str | None:
-    """The one leakage metric an attack is judged by: its kind's first metric it reports. A label
-    attack that answers a yes/no question (``binary``: label accuracy's chance is >= 0.5, e.g.
-    "is this the positive class?") is judged by its leak AUC, as Li et al. do."""
-    order = HEADLINE_BY_KIND.get(attack_kind(attack) or "", ())
-    if binary:
-        order = ("leak_auc",) + order
-    return next((m for m in order + LEAKAGE if m in available), None)
-
-
 def cells_frame(cells: list[Cell]):
     import pandas as pd
 
@@ -106,7 +79,24 @@ def summarize(cells: list[Cell]):
                 dropped.append(f"{col}: {e.dropped}")
         row["dropped"] = "; ".join(dropped)
         out.append(row)
-    return pd.DataFrame(out)
+    return _with_paired(pd.DataFrame(out), df)
+
+
+def _with_paired(summary, df):
+    """Add each row's headline metric, its paired differences from undefended (`paired.defense_deltas`)
+    and its setting's paired check against its baseline (`paired.baseline_checks`)."""
+    metrics = {a: attack_metric(a, g) for a, g in summary.groupby("attack", sort=False)}
+    baseline_of = known_baselines(metrics)
+    deltas = defense_deltas(df, metrics)
+    checks = baseline_checks(df, metrics, baseline_of, lambda a, p: a + params_text(p))
+    extra = []
+    for _, r in summary.iterrows():
+        key = tuple(r[c] for c in CELL_COLUMNS)
+        extra.append({"headline": metrics.get(r["attack"]) or ""} | checks.get(key[:len(SETTING)], {})
+                     | deltas.get(key, {}))
+    import pandas as pd
+
+    return pd.concat([summary, pd.DataFrame(extra, index=summary.index)], axis=1)
 
 
 def format_table(summary) -> str:
@@ -139,6 +129,16 @@ def format_table(summary) -> str:
               for _, r in summary.iterrows() if "error" in r["status"] and r["error"]]
     dropped = [f"- {r['attack']} vs {r['defense']} (depth {r['depth']}): {r['dropped']}"
                for _, r in summary.iterrows() if isinstance(r.get("dropped"), str) and r["dropped"]]
+    flagged = {}
+    for _, r in summary[summary["defense"] == "none"].iterrows():
+        flag = r.get("vs_baseline")
+        if flag in (UNDER, NO_BASELINE):
+            flagged.setdefault(flag, []).append(f"- {r['attack']}{params_text(r['attack_params'])} (depth "
+                                                f"{r['depth']}): {_vs_text(r)}")
+    for flag, what in ((UNDER, "does not beat its baseline undefended (paired over seeds); no defense is "
+                        "credited with lowering it"), (NO_BASELINE, "no baseline cell ran to compare with")):
+        if flag in flagged:
+            text += f"\n{flag} ({what}):\n" + "\n".join(flagged[flag])
     if dropped:
         text += "\nNaN/inf seeds left out of the mean (metric: seeds dropped):\n" + "\n".join(dropped)
     if notes:
@@ -146,6 +146,14 @@ def format_table(summary) -> str:
     if errors:
         text += "\nerrors:\n" + "\n".join(dict.fromkeys(errors))
     return text
+
+
+def _vs_text(r) -> str:
+    """"ssim vs mean-image: Δ +0.001 ± 0.004 over 3 paired seeds" (or the missing baseline)."""
+    p = paired_of(r, "d_baseline")
+    if p.n == 0:
+        return f"{r.get('headline')}: no {r.get('baseline') or 'baseline'} cell at this depth and seed"
+    return f"{r.get('headline')} vs {r.get('baseline')}: " + paired_text(p)
 
 
 def _short(s: str, n: int = 40) -> str:
@@ -156,29 +164,6 @@ def params_text(js: str) -> str:
     if not js:
         return ""
     return "(" + ",".join(f"{k}={v}" for k, v in json.loads(js).items()) + ")"
-
-
-# Fixed chance lines; label accuracy has none here: its chance line is each setting's label_chance.
-CHANCE = {"ssim": 0.0, "clone_acc": 0.1, "leak_auc": 0.5}
-
-
-def chance_line(metric: str | None, row) -> float:
-    """The chance line of a headline metric for one summary row (see the module docstring): label
-    accuracy's is the row's ``label_chance`` (majority-class share of the scored targets, mean over
-    seeds; NaN where the cells lack it), the others are fixed (`CHANCE`; 0 for an unknown metric)."""
-    if metric == "label_acc":
-        return _num(row, "label_chance")
-    return CHANCE.get(metric or "", 0.0)
-
-
-def above_chance(value: float, ci: float, n: int, chance: float) -> bool:
-    """Whether a mean is distinguishable from its chance line: the lower end of its 95% CI lies above
-    the line. One value has no interval: it counts when it is above the line (the figures say n = 1)."""
-    if value != value or chance != chance:
-        return False
-    if n < 2:
-        return value > chance
-    return value - (ci if ci == ci else math.inf) > chance
 
 
 def _num(row, col: str) -> float:
@@ -201,9 +186,7 @@ def leakage_frame(summary):
         return pd.DataFrame(rows)
     ran_at = _ran_at_labels(summary)
     for attack, g in summary.groupby("attack", sort=True):
-        have = [m for m in LEAKAGE if m in g.columns and g[m].notna().any()]
-        binary = "label_chance" in g.columns and g["label_chance"].mean() >= 0.5
-        metric = headline_metric(attack, have, binary)
+        metric = attack_metric(attack, g)
         for _, r in g.iterrows():
             v = r.get(metric, math.nan) if metric else math.nan
             ci = r.get(f"{metric}_ci95", math.nan) if metric else math.nan
@@ -235,8 +218,18 @@ def leakage_frame(summary):
                 "positives": _num(r, "n_positive"),
                 "test_acc": r.get("test_acc", math.nan),
                 "test_acc_ci": r.get("test_acc_ci95", math.nan), "cost": cost,
-                "reason": reason, "error": r.get("error") or ""})
+                "reason": reason, "error": r.get("error") or ""}
+                | {"baseline": _text(r, "baseline"), "vs_baseline": _text(r, "vs_baseline")}
+                | {c: r[c] for c in r.index if c.startswith(PAIRED_PREFIXES)})
     return pd.DataFrame(rows)
+
+
+PAIRED_PREFIXES = ("d_headline", "d_test_acc", "d_baseline", "d_base_", "base_")
+
+
+def _text(row, col: str) -> str:
+    v = row.get(col)
+    return v if isinstance(v, str) else ""
 
 
 def blocked_state(reason: str | None) -> tuple[str, str]:
