@@ -69,6 +69,15 @@ class CellSpec:
     def train_key(self) -> str:
         return self._ident(False)
 
+    @property
+    def attack_stream(self) -> str:
+        """What keys the attack's random draws: the cell without its defense (common random numbers:
+        under every defense the attack starts from the same draws, so a paired difference is the
+        defense's, not the attack's luck)."""
+        d = {"scenario": self.scenario.key(), "attack": [self.attack.name, self.attack.params], "n_aux": self.n_aux,
+             "deny": list(self.deny)}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def label(self) -> str:
         s = self.scenario
         return (f"{s.dataset}/d{s.depth}/{s.setup} {self.attack.name}{_fmt(self.attack.kwargs)} "
@@ -244,7 +253,7 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
                 input_shape=data.shape, num_classes=data.num_classes, client_arch=make_view(
                     policy_attack, defended, None, data, ctx.device, arch_only=True),
                 aux=(data.x_aux, data.y_aux) if Capability.AUX_DATA in pgranted else None,
-                generator=torch_generator(sc.seed, "policy", policy_spec.key), device=ctx.device,
+                generator=torch_generator(sc.seed, "policy", policy_spec.attack_stream), device=ctx.device,
                 total_steps=total_steps(len(data.x_train), defended.config)))
         prog = (lambda i, n: ctx.progress("train " + first.label(), i, n)) if ctx.progress else None
 
@@ -269,13 +278,13 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
         try:
             # global streams too (fresh layers in view builders, clones): a cell's numbers must not
             # depend on which attacks ran before it on the same model, nor on a cached training run
-            seed_everything(sc.seed, "attack", s.key)
+            seed_everything(sc.seed, "attack", s.attack_stream)
             view = make_view(a, defended, res, data, ctx.device, deny=s.deny)
             granted = view.capabilities  # what make_view granted: computed once, there
             if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
                 view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
             try:
-                out = a.run(view, torch_generator(sc.seed, "attack", s.key))
+                out = a.run(view, torch_generator(sc.seed, "attack", s.attack_stream))
             finally:
                 if view.query is not None:
                     view.query.close()
