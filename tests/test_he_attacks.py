@@ -230,3 +230,26 @@ def test_a_defense_removing_a_required_capability_blocks_the_cell(run_matrix):
         else:
             assert c["status"] == "blocked", c
             assert c["metrics"] == {} and "test-strip-he removes" in c["reason"]
+
+
+def test_whitebox_scale_free_fit_and_leaky_gradients_invert_a_client_whose_units_are_off_at_the_start():
+    """A client with tiny activations whose units are all off for the initial grey image (what NoPeek
+    trains: norms ~1.7, most units dead at 0.5) gives the paper's fit a zero gradient: the image never
+    moves. The relative fit and leaky ReLU gradients (he-whitebox fit="relative", relu_slope) invert it."""
+    from arena.attacks.he_inversion import invert
+
+    torch.manual_seed(0)
+    f1 = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU())
+    with torch.no_grad():
+        f1[0].weight.copy_(0.01 * f1[0].weight.abs())  # tiny, positive: a unit sums its patch
+        f1[0].bias.copy_(-0.75 * f1[0].weight.sum((1, 2, 3)))  # on only where the patch is brighter than grey
+    x = torch.zeros(4, 1, 12, 12)
+    x[:, :, 3:9, 3:9] = 1.0  # a bright square: some units on
+    a = f1(x).detach()
+    assert float(f1(torch.full_like(x, 0.5)).abs().max()) == 0.0 and float(a.abs().max()) > 0
+    kw = dict(iterations=200, lr=1e-2, lambda_tv=0.1, init=0.5)
+    stuck = invert(f1, a, (1, 12, 12), **kw)
+    assert torch.equal(stuck, torch.full_like(stuck, 0.5))
+    moved = invert(f1, a, (1, 12, 12), relative=True, relu_slope=0.01, **kw)
+    err = lambda r: float((r - x).pow(2).mean())  # noqa: E731
+    assert err(moved) < 0.5 * err(stuck)

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..records import AttackOutput, Capability
 from ..protocol.view import ServerView
+from .unsplit_solver import leaky_relu_gradients
 from ..params import check_choice, check_positive_float, check_positive_int
 from .base import Attack, register_attack
 
@@ -48,28 +49,44 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 def invert(f1: nn.Module, targets: torch.Tensor, input_shape: tuple[int, ...], *, iterations: int, lr: float,
-           lambda_tv: float, init: float = 0.5, chunk: int = 512, progress=None) -> torch.Tensor:
-    """Regularised MLE (He et al. Alg. 1), batched: one Adam over all targets of a chunk."""
+           lambda_tv: float, init: float = 0.5, chunk: int = 512, progress=None,
+           relative: bool = False, relu_slope: float = 0.0) -> torch.Tensor:
+    """Regularised MLE (He et al. Alg. 1), batched: one Adam over all targets of a chunk.
+
+    ``relative``: the fit term is divided by the targets' mean square, so ``lambda_tv`` weighs the
+    prior against the fit whatever the activations' scale (a client that shrinks its activations, as
+    NoPeek's does to norms ~1.7 from ~20, otherwise leaves only the TV term: a flat grey image).
+    ``relu_slope`` > 0: the client's ReLUs pass that share of the gradient below zero (values
+    unchanged, see unsplit_solver.leaky_relu_gradients): a client whose units are off for the initial
+    grey image (NoPeek's) otherwise gives a zero gradient and the image never moves."""
     f1.eval()
     for p in f1.parameters():
         p.requires_grad_(False)
     out = []
     chunks = targets.split(chunk)
-    for k, a in enumerate(chunks):
-        x = torch.full((len(a), *input_shape), float(init), device=a.device, requires_grad=True)
-        opt = torch.optim.Adam([x], lr=lr)
-        for it in range(iterations):
-            opt.zero_grad(set_to_none=True)
-            fit = (f1(x) - a).pow(2).flatten(1).mean(1)
-            loss = (fit + lambda_tv * total_variation(x)).sum() if lambda_tv else fit.sum()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                x.clamp_(0.0, 1.0)
-            if progress is not None and it % 50 == 0:
-                progress(k * iterations + it, len(chunks) * iterations)
-        out.append(x.detach())
+    with leaky_relu_gradients(f1, relu_slope):
+        for k, a in enumerate(chunks):
+            out.append(_invert_chunk(f1, a, input_shape, iterations, lr, lambda_tv, init, relative, progress,
+                                     k, len(chunks)))
     return torch.cat(out)
+
+
+def _invert_chunk(f1: nn.Module, a: torch.Tensor, input_shape: tuple[int, ...], iterations: int, lr: float,
+                  lambda_tv: float, init: float, relative: bool, progress, k: int, n_chunks: int) -> torch.Tensor:
+    x = torch.full((len(a), *input_shape), float(init), device=a.device, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=lr)
+    energy = a.pow(2).mean().clamp_min(1e-12) if relative else 1.0
+    for it in range(iterations):
+        opt.zero_grad(set_to_none=True)
+        fit = (f1(x) - a).pow(2).flatten(1).mean(1) / energy
+        loss = (fit + lambda_tv * total_variation(x)).sum() if lambda_tv else fit.sum()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(0.0, 1.0)
+        if progress is not None and it % 50 == 0:
+            progress(k * iterations + it, n_chunks * iterations)
+    return x.detach()
 
 
 def inverse_net(act_shape: tuple[int, ...], input_shape: tuple[int, ...], hidden: int = 32) -> nn.Sequential:
@@ -136,8 +153,10 @@ class HeWhitebox(Attack):
     paper = "He, Zhang, Lee. Model inversion attacks against collaborative inference. ACSAC 2019 (white-box rMLE)"
 
     def __init__(self, iterations: int = 1000, lr: float = 1e-2, lambda_tv: float = 0.01, init: float = 0.5,
-                 window: str = "after", **rest: Any) -> None:
+                 window: str = "after", fit: str = "absolute", relu_slope: float = 0.0, **rest: Any) -> None:
         super().__init__(**rest)
+        self.fit = check_choice("fit", fit, ("absolute", "relative"))  # relative: see `invert`
+        self.relu_slope = check_positive_float("relu_slope", relu_slope, allow_zero=True)  # see `invert`
         self.iterations = check_positive_int("iterations", iterations)
         self.lr = check_positive_float("lr", lr)
         self.lambda_tv = check_positive_float("lambda_tv", lambda_tv, allow_zero=True)
@@ -148,7 +167,7 @@ class HeWhitebox(Attack):
 
     def params(self) -> dict[str, Any]:
         return {"iterations": self.iterations, "lr": self.lr, "lambda_tv": self.lambda_tv, "init": self.init,
-                "window": self.window}
+                "window": self.window, "fit": self.fit, "relu_slope": self.relu_slope}
 
     def run(self, view: ServerView, generator: torch.Generator) -> AttackOutput:
         ids, acts = view.stacked("smashed", self.window)
@@ -156,7 +175,8 @@ class HeWhitebox(Attack):
             raise RuntimeError("he-whitebox needs the client weights; the view did not grant them")
         f1 = view.client_weights.to(view.device)
         rec = invert(f1, acts.to(view.device), view.input_shape, iterations=self.iterations, lr=self.lr,
-                     lambda_tv=self.lambda_tv, init=self.init, progress=report(view))
+                     lambda_tv=self.lambda_tv, init=self.init, progress=report(view), relative=self.fit == "relative",
+                     relu_slope=self.relu_slope)
         return AttackOutput(ids=ids, reconstructions=rec.cpu())
 
 

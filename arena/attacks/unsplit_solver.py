@@ -91,7 +91,7 @@ class _LeakyReLU(nn.Module):
 
 
 @contextlib.contextmanager
-def _leaky_relu_gradients(clone: nn.Module, slope: float):
+def leaky_relu_gradients(clone: nn.Module, slope: float):
     """Swap the clone's ReLUs for ones whose gradient below zero is ``slope`` (values unchanged), then back.
 
     The forward values are the same, so the objective is the paper's; only the descent direction
@@ -163,7 +163,7 @@ def invert(clone: nn.Module, smashed: torch.Tensor, input_shape: tuple[int, ...]
     params = [p for p in clone.parameters()]
     opt_x, opt_c = _adam([x], cfg.lr), (_adam(params, cfg.lr) if params else None)
     clone.train()
-    with _leaky_relu_gradients(clone, cfg.relu_slope):
+    with leaky_relu_gradients(clone, cfg.relu_slope):
         rounds_run = _alternate(clone, x, target, params, opt_x, opt_c, cfg)
         raw = x.detach()
         rec, clone = _fix_gauge(raw, clone, cfg.rescale)
