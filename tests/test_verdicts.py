@@ -86,7 +86,7 @@ grid = { train_server = [true, false] }
     assert "he removes" in frozen["reason"] or "which defense he removes" in frozen["reason"]
     for c in cells:  # LeNet under he: the client runs layers 0..5, U-shaped, a 4-layer tail
         assert c["depth"] == 1 and c["effective"] == {"depth": 5, "setup": "u-shaped", "label_layers": 4,
-                                                      "n_train": 200}
+                                                      "n_train": 200, "n_aux": 100}
         assert c["schema"] == SCHEMA == 2
     # the report shows them as what they are: not evaluated (never a defense that works) vs blocked
     from arena.report.tables import leakage_frame, summarize
