@@ -63,9 +63,9 @@ class CKKSParams:
                                                          for b in bits):
             raise ValueError(f"coeff_mod_bit_sizes must be a list of integers, got {bits!r}")
         object.__setattr__(self, "coeff_mod_bit_sizes", tuple(bits))
-        if len(bits) < 3:
-            raise ValueError(f"coeff_mod_bit_sizes needs at least 3 primes (decryption prime, one level per "
-                             f"multiplication, key-switching prime), got {list(bits)}")
+        if len(bits) < 2:
+            raise ValueError(f"coeff_mod_bit_sizes needs at least 2 primes (ciphertext prime(s), then TenSEAL's "
+                             f"key-switching prime), got {list(bits)}")
         if not all(20 <= b <= 60 for b in bits):
             raise ValueError(f"every prime of coeff_mod_bit_sizes must have 20..60 bits (SEAL), got {list(bits)}")
         if sum(bits) > MAX_COEFF_BITS[n]:
@@ -91,7 +91,10 @@ class CKKSParams:
 
     def check_circuit(self, kinds: Sequence[str], width: int) -> dict[str, int]:
         """Check the server part (``kinds``: "linear"/"square" in order; ``width``: its widest layer)
-        against these parameters, before any key exists. Returns the packing plan."""
+        against these parameters for a slot packing, before any key exists. Returns the packing plan."""
+        if len(self.coeff_mod_bit_sizes) < 3:
+            raise ValueError(f"coeff_mod_bit_sizes needs at least 3 primes (decryption prime, one level per "
+                             f"multiplication, key-switching prime), got {list(self.coeff_mod_bit_sizes)}")
         depth = len(kinds)
         if depth > self.levels:
             raise ValueError(
@@ -120,6 +123,20 @@ class CKKSParams:
                                  f"{list(self.coeff_mod_bit_sizes)}")
         return {"depth": depth, "block": block, "samples_per_ciphertext": self.slots // block,
                 "result_scale_bits": s}
+
+
+    def check_coeff(self, kinds: Sequence[str]) -> dict[str, int]:
+        """Check the server part against these parameters for the coefficient packing (coeff.py):
+        one linear layer, and results at scale 2^(2 scale_bits) within the first prime."""
+        if list(kinds) != ["linear"]:
+            raise ValueError(f"the coefficient packing evaluates exactly one linear layer on ciphertext; the server "
+                             f"part is {' -> '.join(kinds)}: use packing='batch' (slots, with levels for squares)")
+        s, q = 2 * self.scale_bits, self.coeff_mod_bit_sizes[0]
+        if s + HEADROOM_BITS > q:
+            raise ValueError(f"coefficient packing: results carry scale 2^{s} (2 x scale_bits), which with "
+                             f"{HEADROOM_BITS} bits for the values needs a first prime of {s + HEADROOM_BITS} bits; "
+                             f"got {q}: use scale_bits <= {(q - HEADROOM_BITS) // 2}")
+        return {"depth": 1, "result_scale_bits": s}
 
 
 class Wire:
