@@ -69,6 +69,14 @@ def he_layout(model: torch.nn.Sequential, depth: int, server_layers: int) -> tup
     return start - 1, start, tail
 
 
+# (poly_modulus_degree, coeff_mod_bit_sizes, scale_bits) per packing, all at 128-bit security.
+# coeff: one 60-bit ciphertext prime (40 bits more for TenSEAL's unused key-switching prime:
+# 100 <= 109 bits at n = 4096), weights and activations at 2^25, results at 2^50. The slot
+# packings need a level per multiplication and Galois keys: n = 8192, [60, 40, 40, 60], 2^40.
+PACKING_DEFAULTS = {"coeff": (4096, (60, 40), 25), "batch": (8192, (60, 40, 40, 60), 40),
+                    "batch-real": (8192, (60, 40, 40, 60), 40), "sample": (8192, (60, 40, 40, 60), 40)}
+
+
 @register_defense
 class HomomorphicEncryption(Defense):
     name = "he"
@@ -77,15 +85,18 @@ class HomomorphicEncryption(Defense):
     removes = frozenset({Capability.SERVER_OUT, Capability.QUERY})
     paper = "Khan et al. 2023, Split Ways / Split Without a Leak (U-shaped SL on CKKS-encrypted activations)"
 
-    def __init__(self, poly_modulus_degree: int = 8192, coeff_mod_bit_sizes: Any = (60, 40, 40, 60),
-                 scale_bits: int = 40, server_layers: int = 1, packing: str = "batch", train_server: bool = True,
-                 **rest: Any) -> None:
+    def __init__(self, poly_modulus_degree: int | None = None, coeff_mod_bit_sizes: Any = None,
+                 scale_bits: int | None = None, server_layers: int = 1, packing: str = "coeff",
+                 train_server: bool = True, **rest: Any) -> None:
         super().__init__(**rest)
-        self.ckks = CKKSParams(poly_modulus_degree, tuple(coeff_mod_bit_sizes) if isinstance(
-            coeff_mod_bit_sizes, (list, tuple)) else coeff_mod_bit_sizes, scale_bits)
-        self.server_layers = check_positive_int("server_layers", server_layers)
         if packing not in PACKINGS:
             raise ValueError(f"packing must be one of {', '.join(PACKINGS)}; got {packing!r}")
+        n, bits, sb = PACKING_DEFAULTS[packing]  # each parameter left out takes its packing's default
+        bits = coeff_mod_bit_sizes if coeff_mod_bit_sizes is not None else bits
+        self.ckks = CKKSParams(poly_modulus_degree if poly_modulus_degree is not None else n,
+                               tuple(bits) if isinstance(bits, (list, tuple)) else bits,
+                               scale_bits if scale_bits is not None else sb)
+        self.server_layers = check_positive_int("server_layers", server_layers)
         if not isinstance(train_server, bool):
             raise ValueError(f"train_server must be true or false, got {train_server!r}")
         self.packing, self.train_server = packing, train_server
