@@ -118,6 +118,7 @@ class CoeffClient:
         self._pid = sc.first_parms_id()
         n = self.n
         self._slot_roots = np.array([pow(3, t, 2 * n) for t in range(n // 2)])  # slot t <-> zeta^(3^t)
+        self._twist = np.exp(1j * np.pi * np.arange(n) / n)
         self._check_embedding()
 
     def public_context(self) -> bytes:
@@ -126,19 +127,19 @@ class CoeffClient:
         return self.ts_context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
                                          save_relin_keys=False)
 
-    # CKKS's encoder takes slot values; the coefficients we want are their inverse transform.
+    # CKKS's encoder takes slot values p(zeta^(3^t)), zeta = exp(i pi / n); the coefficients we want
+    # are their inverse transform. Only odd powers of zeta occur, so both are n-point FFTs with a twist.
     def _embed(self, polys: np.ndarray) -> np.ndarray:
         n = self.n
-        a = np.zeros((len(polys), 2 * n), dtype=complex)
-        a[:, :n] = polys
-        return (np.fft.ifft(a, axis=1) * (2 * n))[:, self._slot_roots]
+        values = np.fft.ifft(polys * self._twist, axis=1) * n  # at zeta^(2s+1), s = 0..n-1
+        return values[:, (self._slot_roots - 1) // 2]
 
     def _coefficients(self, slots: np.ndarray) -> np.ndarray:
         n = self.n
-        a = np.zeros((len(slots), 2 * n), dtype=complex)
-        a[:, self._slot_roots] = slots
-        a[:, (-self._slot_roots) % (2 * n)] = np.conj(slots)
-        return np.fft.fft(a, axis=1)[:, :n].real / n
+        a = np.zeros((len(slots), n), dtype=complex)
+        a[:, (self._slot_roots - 1) // 2] = slots
+        a[:, (2 * n - self._slot_roots - 1) // 2] = np.conj(slots)
+        return (np.fft.fft(a, axis=1) * np.conj(self._twist)).real / n
 
     def _check_embedding(self) -> None:
         """The encoder turns our slot values back into exactly the intended integer coefficients."""
