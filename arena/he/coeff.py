@@ -16,7 +16,7 @@ F = 16, O = 4). With M = n / S:
 - in the product, coefficient b + S*(i*F + F-1) is the dot product of sample b's features with
   output i's weights (every other coefficient is a cross term, never one of these: they sit at
   S*(i*F + F-1 + d) + b with 0 < |d| < F). Summing over the feature blocks completes the layer;
-  the bias is added as one more plaintext.
+  the bias is one more plaintext, times the public (sum_b X^b, 0).
 
 So one step is nf = ceil(d/F) ciphertexts up, no = ceil(m/O) down and nf * no products, and the
 products are exact element-wise products modulo the ciphertext prime in SEAL's NTT form: the
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .ckks import CKKSParams, Wire, import_tenseal
-from .sealio import U64, SealFormat, addm, modmatmul, mulv, ntt_convention, ntt_of, times_2_30
+from .sealio import U64, SealFormat, modmatmul, ntt_convention, ntt_of
 
 FEATURES_PER_CIPHERTEXT = 16  # F: in + out ciphertexts per batch of 64 at n = 4096 is smallest here (16 + 30)
 
@@ -216,11 +216,10 @@ class CoeffServer:
                 powers.append(powers[-1] * omega % q)
             r, j = np.arange(M)[:, None], np.arange(M)[None, :]
             v = np.array(powers, dtype=U64)[((2 * r + 1) * j) % (2 * M)]  # v[r, j] = omega^((2r+1) j)
-            ones = np.zeros(n, dtype=U64)
-            ones[:S] = 1  # sum_b X^b: the bias repeated for every sample
-            ones = ntt_of(ones, self._sc, self.fmt, self.wire)
-            self._tables_by_m[M] = {"u": u, "perm": perm, "inv": np.argsort(perm.reshape(-1)), "vt": v.T.copy(),
-                                    "ones": ones, "ones30": times_2_30(ones, q)}
+            ones = np.zeros((2, n), dtype=U64)
+            ones[0, :S] = 1  # (sum_b X^b, 0): the bias repeated for every sample, as a trivial ciphertext
+            ones[0] = ntt_of(ones[0], self._sc, self.fmt, self.wire)
+            self._tables_by_m[M] = {"perm": perm, "inv": np.argsort(perm.reshape(-1)), "vt": v.T.copy(), "ones": ones}
         return self._tables_by_m[M]
 
     def evaluate(self, blobs: list[bytes], lay: CoeffLayout, weight: np.ndarray, bias: np.ndarray | None) -> list[bytes]:
@@ -237,17 +236,16 @@ class CoeffServer:
         wi = np.round(w * 2.0 ** sb).astype(np.int64)
         polys = np.zeros((no * nf + no, M), dtype=np.int64)
         polys[:no * nf] = wi.reshape(no, O, nf, F).transpose(0, 2, 1, 3)[..., ::-1].reshape(no * nf, O * F)
-        if bias is not None:
+        if bias is not None:  # row no*nf + o: the bias of output block o at coefficients i*F + F-1
             bp = np.zeros(no * O)
             bp[:len(bias)] = bias
             polys[no * nf:, F - 1::F] = np.round(bp.reshape(no, O) * 2.0 ** (2 * sb)).astype(np.int64)
         small = modmatmul((polys % np.int64(q)).view(U64), tab["vt"], q)  # M-point NTTs
-        # the products: in NTT class u, out[o, c, t] = sum_f W_of(u) * x_f,c(t) -- a matrix product per class
-        a = small[:no * nf].reshape(no, nf, M).transpose(2, 0, 1)  # M x no x nf
-        b = x[:, :, tab["perm"]].transpose(2, 0, 1, 3).reshape(M, nf, -1)  # M x nf x (2 * n/M)
-        out = modmatmul(np.ascontiguousarray(a), np.ascontiguousarray(b), q)  # M x no x (2 * n/M)
+        # the products: in NTT class u, out[o, c, t] = sum_f W_of(u) * x_f,c(t) -- a matrix product per
+        # class. The bias enters as one more block: its plaintext times the public (sum_b X^b, 0).
+        a = np.concatenate([small[:no * nf].reshape(no, nf, M), small[no * nf:, None]], axis=1)  # no x (nf+1) x M
+        x = np.concatenate([x, tab["ones"][None]])
+        b = x[:, :, tab["perm"]].transpose(2, 0, 1, 3).reshape(M, nf + 1, -1)  # M x (nf+1) x (2 * n/M)
+        out = modmatmul(np.ascontiguousarray(a.transpose(2, 0, 1)), np.ascontiguousarray(b), q)  # M x no x 2n/M
         out = out.reshape(M, no, 2, -1).transpose(1, 2, 0, 3).reshape(no, 2, self.n)[:, :, tab["inv"]]
-        if bias is not None:
-            tiled = small[no * nf:][:, tab["u"]]
-            out[:, 0] = addm(out[:, 0], mulv(tiled, tab["ones"][None], tab["ones30"][None], q), q)
         return [self.fmt.write(ct) for ct in out]

@@ -11,8 +11,8 @@ This module holds what that needs and nothing about the packing itself:
   with TenSEAL's own binary, else the system's libzstd), writes uncompressed bytes that SEAL loads.
   The format is checked against bytes SEAL itself wrote when a ``SealFormat`` is made.
 - ``ntt_convention``: SEAL's NTT (which root psi, which order), read off SEAL's own transform of X.
-- ``mulc``/``mulv``/``modmatmul``: exact (A @ B) mod q for q < 2^61 with float64 BLAS (through torch,
-  which runs the thread count the caller set): 20-bit limbs keep every partial sum below 2^53.
+- ``modmatmul``: exact (A @ B) mod q for q < 2^60 with float64 BLAS (through torch, which runs the
+  thread count the caller set): 20-bit limbs keep every partial sum below 2^53.
 """
 from __future__ import annotations
 
@@ -156,12 +156,7 @@ def ntt_of(poly: np.ndarray, seal_context: Any, fmt: SealFormat, wire: Wire) -> 
     return fmt.read(wire.dump(ct))[0].copy()
 
 
-# ---- exact arithmetic modulo q (q < 2^61) --------------------------------------------------------
-
-def addm(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    r = a + b
-    return np.where(r >= U64(q), r - U64(q), r)
-
+# ---- exact arithmetic modulo q (q < 2^60) --------------------------------------------------------
 
 def mulc(h: np.ndarray, c: int, q: int, lazy: bool = False) -> np.ndarray:
     """(h * c) mod q for uint64 h < 2^50 and a constant c < q: the quotient estimate from float64
@@ -174,24 +169,6 @@ def mulc(h: np.ndarray, c: int, q: int, lazy: bool = False) -> np.ndarray:
     if lazy:
         return r
     return r % U64(q)
-
-
-def mulv(x: np.ndarray, y: np.ndarray, y30: np.ndarray, q: int) -> np.ndarray:
-    """(x * y) mod q element-wise for x, y < q; ``y30`` = (y * 2^30) mod q, precomputed."""
-    hi, lo = x >> U64(30), x & U64((1 << 30) - 1)
-
-    def small(s: np.ndarray, v: np.ndarray) -> np.ndarray:  # s < 2^31
-        qhat = np.floor(s.astype(np.float64) * (v.astype(np.float64) / q)).astype(U64)
-        r = (s * v - qhat * U64(q)).view(np.int64)
-        r = np.where(r < 0, r + np.int64(q), r)
-        return np.where(r >= q, r - np.int64(q), r).view(U64)
-
-    return addm(small(hi, y30), small(lo, y), q)
-
-
-def times_2_30(y: np.ndarray, q: int) -> np.ndarray:
-    """(y * 2^30) mod q, for ``mulv``; exact (through Python integers), for fixed vectors."""
-    return np.array([(int(v) << 30) % q for v in y.reshape(-1)], dtype=U64).reshape(y.shape)
 
 
 def _limbs(x: np.ndarray) -> list[torch.Tensor]:
