@@ -1,12 +1,23 @@
 """The CKKS-encrypted wire of the `he` defense (defenses/he.py): a `Channel` whose server part runs on
 ciphertext.
 
+Packings (``packing``): "coeff" (default, coeff.py): the activations are the coefficients of the
+plaintext polynomials, so a ciphertext-plaintext product sums over features by itself and the
+server needs no rotation and no Galois key; one linear layer. "batch"/"batch-real" (ckks.py,
+server.py): activations in the slots, baby-step giant-step diagonals with rotations; linear layers
+and squares. "sample": one TenSEAL vector per sample, the slow baseline.
+
 What is real and what is simulated, per training step (U-shaped setup):
 
-- real: the client encrypts its activations (batch-packed), the bytes cross to a server object
-  that holds only the public context, the server evaluates its layers on the ciphertexts with
-  its current plaintext weights, the bytes come back, the client decrypts. The decrypted output
-  (CKKS noise included) is what the client's tail trains on.
+- real: the client encrypts its activations (SEAL, with its secret key), the bytes cross to a
+  server object that holds only the public context, the server evaluates its layers on the
+  ciphertexts with its current plaintext weights, the bytes come back, the client decrypts. The
+  decrypted output (CKKS noise included) is what the client's tail trains on. With "coeff" the
+  server does not call SEAL's evaluator: it parses the ciphertexts' numbers (RNS/NTT form) from
+  the bytes and computes the ciphertext-plaintext products and sums itself, as exact arithmetic
+  modulo the ciphertext prime (the same arithmetic SEAL's multiply_plain and add perform), then
+  writes SEAL ciphertexts that the client's SEAL decrypts. The layout (samples per ciphertext)
+  travels with the ciphertexts as public metadata.
 - simulated in plaintext, with the values the real protocol sends: the backward pass. The client
   returns g_h = dL/dh in plaintext; the server computes dL/d(activation) = g_h W (its own weights,
   no ciphertext needed) and receives its weight gradients dL/dW = g_h^T a, dL/db = sum g_h in

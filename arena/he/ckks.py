@@ -1,5 +1,6 @@
-"""CKKS machinery for the `he` defense: parameter checks and the client (keys, packing, en/decryption).
-The server's evaluation is in server.py.
+"""CKKS machinery for the `he` defense: parameter checks and the slot packings' client (keys, packing,
+en/decryption). The server's slot evaluation is in server.py; the coefficient packing (the
+default, no rotations) is in coeff.py.
 
 Batch packing. A ciphertext has S = N/2 slots. Each sample's activation vector is zero-padded to
 a block of D slots (D: the next power of two >= the widest layer of the server part) and P = S/D
