@@ -143,8 +143,9 @@ class HEChannel(Channel):
             raise ValueError(f"packing must be one of {', '.join(PACKINGS)}; got {packing!r}")
         kinds, width = describe_server(server_layers)
         # checked before any key or ciphertext exists
-        self.plan = params.check_coeff(kinds) if packing == "coeff" else params.check_circuit(kinds, width)
         lins = [lin for lin in map(_linear_of, server_layers) if lin is not None]
+        self.plan = (params.check_coeff(kinds, lins[0].in_features) if packing == "coeff"
+                     else params.check_circuit(kinds, width))
         self.out_features = lins[-1].out_features
         self.n_server_params = sum(p.numel() for layer in server_layers for p in layer.parameters())
         self.params, self.packing, self.kinds = params, packing, list(kinds)

@@ -126,12 +126,16 @@ class CKKSParams:
                 "result_scale_bits": s}
 
 
-    def check_coeff(self, kinds: Sequence[str]) -> dict[str, int]:
+    def check_coeff(self, kinds: Sequence[str], in_features: int) -> dict[str, int]:
         """Check the server part against these parameters for the coefficient packing (coeff.py):
-        one linear layer, and results at scale 2^(2 scale_bits) within the first prime."""
+        one linear layer of at most 4080 inputs (255 ciphertexts of 16 features), and results at
+        scale 2^(2 scale_bits) within the first prime."""
         if list(kinds) != ["linear"]:
             raise ValueError(f"the coefficient packing evaluates exactly one linear layer on ciphertext; the server "
                              f"part is {' -> '.join(kinds)}: use packing='batch' (slots, with levels for squares)")
+        if in_features > 4080:
+            raise ValueError(f"the coefficient packing takes at most 4080 input features (its exact modular products "
+                             f"sum 255 ciphertexts and the bias), got {in_features}: use packing='batch'")
         s, q = 2 * self.scale_bits, self.coeff_mod_bit_sizes[0]
         if s + HEADROOM_BITS > q:
             raise ValueError(f"coefficient packing: results carry scale 2^{s} (2 x scale_bits), which with "

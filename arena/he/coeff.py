@@ -229,7 +229,7 @@ class CoeffServer:
                              f"weight, got {len(blobs)} and {weight.shape}")
         q, M, F, O, nf, no, sb = self.q, lay.M, lay.F, lay.O, lay.nf, lay.no, self.scale_bits
         tab = self._tables(lay)
-        x = np.stack([self.fmt.read(b) for b in blobs])  # nf x 2 x n, NTT form
+        xs = np.stack([self.fmt.read(blob) for blob in blobs])  # nf x 2 x n, NTT form
         # weight polynomials in X^S (coefficient i*F + F-1-j of W'), and the bias as one more
         w = np.zeros((no * O, nf * F))
         w[:weight.shape[0], :weight.shape[1]] = weight
@@ -244,8 +244,8 @@ class CoeffServer:
         # the products: in NTT class u, out[o, c, t] = sum_f W_of(u) * x_f,c(t) -- a matrix product per
         # class. The bias enters as one more block: its plaintext times the public (sum_b X^b, 0).
         a = np.concatenate([small[:no * nf].reshape(no, nf, M), small[no * nf:, None]], axis=1)  # no x (nf+1) x M
-        x = np.concatenate([x, tab["ones"][None]])
-        b = x[:, :, tab["perm"]].transpose(2, 0, 1, 3).reshape(M, nf + 1, -1)  # M x (nf+1) x (2 * n/M)
-        out = modmatmul(np.ascontiguousarray(a.transpose(2, 0, 1)), np.ascontiguousarray(b), q)  # M x no x 2n/M
+        xs = np.concatenate([xs, tab["ones"][None]])
+        xu = xs[:, :, tab["perm"]].transpose(2, 0, 1, 3).reshape(M, nf + 1, -1)  # M x (nf+1) x (2 * n/M)
+        out = modmatmul(np.ascontiguousarray(a.transpose(2, 0, 1)), np.ascontiguousarray(xu), q)  # M x no x 2n/M
         out = out.reshape(M, no, 2, -1).transpose(1, 2, 0, 3).reshape(no, 2, self.n)[:, :, tab["inv"]]
         return [self.fmt.write(ct) for ct in out]
