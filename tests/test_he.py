@@ -58,7 +58,7 @@ def runs(tiny_data):
 def test_he_output_matches_plaintext_server(tiny_data):
     defense, setup = _defend(_setup(tiny_data))
     assert (setup.depth, setup.label_layers, setup.scenario.setup) == (5, 4, "u-shaped")
-    assert defense.packing == "coeff" and defense.params()["poly_modulus_degree"] == 4096
+    assert defense.packing == "coeff" and defense.params()["poly_modulus_degree"] == 2048
     sm = setup.split()
     a = sm.client(tiny_data.x_test[:40])  # 40 samples: a full and a partly filled ciphertext (slots)
     channels = {}
@@ -69,7 +69,7 @@ def test_he_output_matches_plaintext_server(tiny_data):
         assert h.shape == ref.shape == (40, 120)
         assert (h - ref).abs().max() < 1e-4, packing
     assert channels["batch"].samples_per_ciphertext == 32  # 256 features, 4096 slots, two samples per slot
-    assert channels["coeff"].samples_per_ciphertext == 256  # up to 4096 / 16 coefficients apart
+    assert channels["coeff"].samples_per_ciphertext == 128  # up to 2048 / 16 coefficients apart
 
 
 @pytest.mark.parametrize("square", [False, True])
@@ -100,12 +100,19 @@ def test_training_through_he_matches_plaintext(runs, tiny_data):
     json.dumps(rep)  # goes into the cell as is
 
 
-def test_server_only_holds_a_public_context(runs):
-    ch = runs[0].channel
-    assert ch.server.ts_context.is_private() is False
-    assert not ch.server.ts_context.has_secret_key()
-    assert ch.client.ts_context.is_private() is True
-    assert all(v is not ch.client.ts_context for v in vars(ch.server).values())
+def test_server_only_holds_a_public_context(runs, tiny_data):
+    from tenseal import sealapi
+
+    ch = runs[0].channel  # the default coefficient packing: the server gets the encryption parameters only
+    assert ch.packing == "coeff" and ch.client.holds_secret_key() and not ch.server.holds_secret_key()
+    keys = (sealapi.SecretKey, sealapi.PublicKey, sealapi.GaloisKeys, sealapi.RelinKeys)
+    assert not any(isinstance(v, keys) for v in vars(ch.server).values())
+    assert ch.public_context_bytes < 1000  # parameters, no key
+    slot = _defend(_setup(tiny_data), packing="batch")[0].channel  # slots: public, relinearisation, Galois keys
+    assert slot.server.ts_context.is_private() is False
+    assert not slot.server.ts_context.has_secret_key()
+    assert slot.client.ts_context.is_private() is True
+    assert all(v is not slot.client.ts_context for v in vars(slot.server).values())
 
 
 def test_transcript_has_cut_and_weight_gradients_but_no_smashed_data(runs, tiny_data):
@@ -147,8 +154,9 @@ def test_frozen_server_sends_no_weight_gradient(tiny_data):
 @pytest.mark.parametrize("params,needle", [
     (dict(poly_modulus_degree=1000), "poly_modulus_degree must be one of"),
     (dict(coeff_mod_bit_sizes=[60, 60, 60, 60], packing="batch"), "allows at most 218 bits"),
-    (dict(coeff_mod_bit_sizes=[60, 60]), "allows at most 109 bits"),  # coeff's n = 4096
-    (dict(coeff_mod_bit_sizes=[60]), "at least 2 primes"),
+    (dict(coeff_mod_bit_sizes=[60]), "allows at most 54 bits"),  # coeff's n = 2048
+    (dict(coeff_mod_bit_sizes=[]), "at least one prime"),
+    (dict(poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 60]), "modulo one ciphertext prime"),
     (dict(coeff_mod_bit_sizes=[60, 40], packing="batch"), "at least 3 primes"),
     (dict(coeff_mod_bit_sizes=[60, 40, 70]), "20..60 bits"),
     (dict(scale_bits=55), "does not fit the first (decryption) prime"),

@@ -37,9 +37,9 @@ no Galois keys, one linear server layer, ~4x the training throughput of "batch" 
 "batch": slots, many samples per ciphertext, two per slot when the server part is linear, with
 levels for Square activations; "batch-real": one sample per slot; "sample": one TenSEAL vector per
 sample, the slow baseline); poly_modulus_degree, coeff_mod_bit_sizes, scale_bits (each left out
-takes its packing's default, all at 128-bit security: coeff n = 4096, [60, 40] (one 60-bit
-ciphertext prime; TenSEAL's key-switching prime is never used), 2^25 for activations and weights,
-~1e-6 error; the slot packings n = 8192, [60, 40, 40, 60], 2^40, ~1e-7 error. The paper's
+takes its packing's default, all at 128-bit security: coeff n = 2048, [54] (one prime, no key
+switching: the most n = 2048 allows), 2^22 for activations and weights, ~1e-5 error; the slot
+packings n = 8192, [60, 40, 40, 60], 2^40, ~1e-7 error. The paper's
 [40, 21, 21, 21, 40] with 2^21 was measured at ~18%), server_layers (1), train_server (True). All
 are checked against the model before any key is made.
 """
@@ -75,10 +75,10 @@ def he_layout(model: torch.nn.Sequential, depth: int, server_layers: int) -> tup
 
 
 # (poly_modulus_degree, coeff_mod_bit_sizes, scale_bits) per packing, all at 128-bit security.
-# coeff: one 60-bit ciphertext prime (40 bits more for TenSEAL's unused key-switching prime:
-# 100 <= 109 bits at n = 4096), weights and activations at 2^25, results at 2^50. The slot
-# packings need a level per multiplication and Galois keys: n = 8192, [60, 40, 40, 60], 2^40.
-PACKING_DEFAULTS = {"coeff": (4096, (60, 40), 25), "batch": (8192, (60, 40, 40, 60), 40),
+# coeff: one 54-bit prime and no key switching, the 128-bit bound at n = 2048; weights and
+# activations at 2^22, results at 2^44. The slot packings need a level per multiplication, a
+# key-switching prime and Galois keys: n = 8192, [60, 40, 40, 60], 2^40.
+PACKING_DEFAULTS = {"coeff": (2048, (54,), 22), "batch": (8192, (60, 40, 40, 60), 40),
                     "batch-real": (8192, (60, 40, 40, 60), 40), "sample": (8192, (60, 40, 40, 60), 40)}
 
 

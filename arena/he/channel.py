@@ -10,7 +10,9 @@ and squares. "sample": one TenSEAL vector per sample, the slow baseline.
 What is real and what is simulated, per training step (U-shaped setup):
 
 - real: the client encrypts its activations (SEAL, with its secret key), the bytes cross to a
-  server object that holds only the public context, the server evaluates its layers on the
+  server object that holds only public material (the slot packings: TenSEAL's public context with
+  public, relinearisation and Galois keys; "coeff": the encryption parameters and no key at all),
+  the server evaluates its layers on the
   ciphertexts with its current plaintext weights, the bytes come back, the client decrypts. The
   decrypted output (CKKS noise included) is what the client's tail trains on. With "coeff" the
   server does not call SEAL's evaluator: it parses the ciphertexts' numbers (RNS/NTT form) from

@@ -64,9 +64,8 @@ class CKKSParams:
                                                          for b in bits):
             raise ValueError(f"coeff_mod_bit_sizes must be a list of integers, got {bits!r}")
         object.__setattr__(self, "coeff_mod_bit_sizes", tuple(bits))
-        if len(bits) < 2:
-            raise ValueError(f"coeff_mod_bit_sizes needs at least 2 primes (ciphertext prime(s), then TenSEAL's "
-                             f"key-switching prime), got {list(bits)}")
+        if len(bits) < 1:
+            raise ValueError("coeff_mod_bit_sizes needs at least one prime")
         if not all(20 <= b <= 60 for b in bits):
             raise ValueError(f"every prime of coeff_mod_bit_sizes must have 20..60 bits (SEAL), got {list(bits)}")
         if sum(bits) > MAX_COEFF_BITS[n]:
@@ -133,6 +132,9 @@ class CKKSParams:
         if list(kinds) != ["linear"]:
             raise ValueError(f"the coefficient packing evaluates exactly one linear layer on ciphertext; the server "
                              f"part is {' -> '.join(kinds)}: use packing='batch' (slots, with levels for squares)")
+        if len(self.coeff_mod_bit_sizes) > 2:
+            raise ValueError(f"the coefficient packing computes modulo one ciphertext prime (a second one would be "
+                             f"the unused key-switching prime); got coeff_mod_bit_sizes {list(self.coeff_mod_bit_sizes)}")
         if in_features > 4080:
             raise ValueError(f"the coefficient packing takes at most 4080 input features (its exact modular products "
                              f"sum 255 ciphertexts and the bias), got {in_features}: use packing='batch'")
@@ -153,6 +155,10 @@ class Wire:
         folder = tempfile.mkdtemp(prefix="arena-he-", dir=shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None)
         weakref.finalize(self, shutil.rmtree, folder, True)
         self._path = str(Path(folder) / "ct.bin")
+
+    @property
+    def path(self) -> str:
+        return self._path
 
     def dump(self, ct: Any) -> bytes:
         ct.save(self._path)

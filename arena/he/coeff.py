@@ -7,8 +7,8 @@ polynomial's *coefficients* (Cheetah's packing: Huang et al., USENIX Security 20
 ciphertext-plaintext product, being a product of polynomials, sums over features by itself.
 
 Layout (S samples per ciphertext, F features per input ciphertext, O outputs per product, with
-S * O * F = n, the ring degree; LeNet's 256 -> 120 layer at n = 4096 and a batch of 64: S = 64,
-F = 16, O = 4). With M = n / S:
+S * O * F = n, the ring degree; LeNet's 256 -> 120 layer at n = 2048 and a batch of 64: S = 64,
+F = 16, O = 2). With M = n / S:
 
 - input ciphertext f holds feature j of sample b of feature block f at coefficient b + S*j (j < F);
 - the weight plaintext of output block o and feature block f holds w[o*O + i, f*F + j] at
@@ -23,11 +23,13 @@ products are exact element-wise products modulo the ciphertext prime in SEAL's N
 server computes them all as one batched modular matrix product (sealio.modmatmul) on the
 ciphertexts' numbers, parsed from the bytes it received, and writes SEAL ciphertexts back.
 
-Parameters: one ciphertext prime (TenSEAL also makes a key-switching prime and relinearisation
-keys, which this packing never uses: there are no Galois keys at all). The client encrypts at
-scale 2^s, the weights are scaled by 2^s, so results carry 2^(2s) and need 2s + 10 bits of the
-prime; coefficient encoding rounds each number once, so the error is about 2^-s times the
-activations' norm (no sqrt(n) from an FFT, as the slot encoding has).
+Parameters: one ciphertext prime and no key but the client's secret key: nothing is rotated or
+relinearised, so there is no key-switching prime, no Galois or relinearisation key, and the
+server receives the encryption parameters only. That lets n = 2048 carry a 54-bit prime, the
+most the HomomorphicEncryption.org table allows at 128-bit security (SEAL enforces it). The
+client encrypts at scale 2^s, the weights are scaled by 2^s, so results carry 2^(2s) and need
+2s + 10 bits of the prime (s = 22); coefficient encoding rounds each number once, so the error is
+about 2^-s times the activations' norm (no sqrt(n) from an FFT, as the slot encoding has).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import numpy as np
 from .ckks import CKKSParams, Wire, import_tenseal
 from .sealio import U64, SealFormat, modmatmul, ntt_convention, ntt_of
 
-FEATURES_PER_CIPHERTEXT = 16  # F: in + out ciphertexts per batch of 64 at n = 4096 is smallest here (16 + 30)
+FEATURES_PER_CIPHERTEXT = 16  # F: 16 ciphertexts up for 256 features; more would mean more down
 
 
 @dataclass(frozen=True)
@@ -94,27 +96,43 @@ class CoeffLayout:
         return n // FEATURES_PER_CIPHERTEXT
 
 
+def seal_context(parms: bytes, wire: Wire) -> Any:
+    """A SEAL context from serialised encryption parameters; SEAL itself refuses parameters below
+    128-bit security (HomomorphicEncryption.org's table)."""
+    from tenseal import sealapi
+
+    params = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+    open(wire.path, "wb").write(parms)
+    params.load(wire.path)
+    sc = sealapi.SEALContext(params, True, sealapi.SEC_LEVEL_TYPE.TC128)
+    if not sc.parameters_set():
+        raise ValueError(f"SEAL rejects the CKKS parameters: {sc.parameters_error_message()}")
+    return sc
+
+
 class CoeffClient:
     """The data owner: secret key; packs coefficients, encrypts, decrypts."""
 
     def __init__(self, params: CKKSParams, features: int, outputs: int) -> None:
-        ts = import_tenseal()
+        import_tenseal()
         from tenseal import sealapi
 
         p = self.params = params
         self.features, self.outputs = features, outputs
-        ctx = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_modulus_degree, coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))
-        ctx.global_scale = 1.0  # scales are ours: coefficients are integers
-        self.ts_context = ctx
-        sc = self._sc = ctx.seal_context().data
+        # SEAL directly: TenSEAL's contexts insist on a key-switching prime this packing never uses
+        parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(p.poly_modulus_degree)
+        parms.set_coeff_modulus(sealapi.CoeffModulus.Create(p.poly_modulus_degree, list(p.coeff_mod_bit_sizes)))
         self.wire = Wire()
+        self._parms = self.wire.dump(parms)
+        sc = self._sc = seal_context(self._parms, self.wire)
         self.fmt = SealFormat(sc, self.wire)
         self.n, self.q = self.fmt.n, self.fmt.q
+        secret = sealapi.KeyGenerator(sc).secret_key()
         self._encoder = sealapi.CKKSEncoder(sc)
         # secret-key encryption: the client holds the key (the server never encrypts anything)
-        self._encryptor = sealapi.Encryptor(sc, ctx.public_key().data)
-        self._encryptor.set_secret_key(ctx.secret_key().data)
-        self._decryptor = sealapi.Decryptor(sc, ctx.secret_key().data)
+        self._encryptor = sealapi.Encryptor(sc, secret)
+        self._decryptor = sealapi.Decryptor(sc, secret)
         self._pid = sc.first_parms_id()
         n = self.n
         self._slot_roots = np.array([pow(3, t, 2 * n) for t in range(n // 2)])  # slot t <-> zeta^(3^t)
@@ -122,10 +140,12 @@ class CoeffClient:
         self._check_embedding()
 
     def public_context(self) -> bytes:
-        """What the server receives once: the parameters and the public key (no secret key, no
-        Galois keys: this packing never rotates)."""
-        return self.ts_context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
-                                         save_relin_keys=False)
+        """What the server receives once: the encryption parameters, and nothing else (no key at
+        all: the server never encrypts, rotates or relinearises)."""
+        return self._parms
+
+    def holds_secret_key(self) -> bool:
+        return True
 
     # CKKS's encoder takes slot values p(zeta^(3^t)), zeta = exp(i pi / n); the coefficients we want
     # are their inverse transform. Only odd powers of zeta occur, so both are n-point FFTs with a twist.
@@ -190,18 +210,18 @@ class CoeffServer:
     """The server: a public context only. Evaluates one linear layer on the ciphertexts' numbers."""
 
     def __init__(self, public_context: bytes, scale_bits: int) -> None:
-        ts = import_tenseal()
+        import_tenseal()
 
-        self.ts_context = ts.context_from(public_context)
-        if self.ts_context.is_private():  # the protocol's whole point; never let it slip
-            raise RuntimeError("the server's CKKS context holds a secret key")
-        self._sc = self.ts_context.seal_context().data
         self.wire = Wire()
+        self._sc = seal_context(public_context, self.wire)  # parameters only: nothing secret can arrive here
         self.fmt = SealFormat(self._sc, self.wire)
         self.n, self.q = self.fmt.n, self.fmt.q
         self.scale_bits = scale_bits
         self._psi, self._e = ntt_convention(self._sc, self.fmt, self.wire)
         self._tables_by_m: dict[int, dict[str, Any]] = {}
+
+    def holds_secret_key(self) -> bool:
+        return False
 
     def _tables(self, lay: CoeffLayout) -> dict[str, Any]:
         """Per M = n / S: NTT position k holds p(psi^e[k]); for p in Z[X^S], p(psi^(S e)) depends
