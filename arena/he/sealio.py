@@ -158,16 +158,13 @@ def ntt_of(poly: np.ndarray, seal_context: Any, fmt: SealFormat, wire: Wire) -> 
 
 # ---- exact arithmetic modulo q (q < 2^60) --------------------------------------------------------
 
-def mulc(h: np.ndarray, c: int, q: int, lazy: bool = False) -> np.ndarray:
+def mulc(h: np.ndarray, c: int, q: int) -> np.ndarray:
     """(h * c) mod q for uint64 h < 2^50 and a constant c < q: the quotient estimate from float64
-    is off by at most one and the remainder is exact in wrapping uint64 arithmetic. ``lazy``: leave
-    it in [0, 3q) (sums of a few such terms still fit 64 bits when q < 2^60)."""
+    is off by at most one and the remainder is exact in wrapping uint64 arithmetic."""
     qhat = (h.astype(np.float64) * (c / q)).astype(U64)  # truncation = floor for non-negative values
     r = h * U64(c)
     r -= qhat * U64(q)
     r += U64(q)  # r was in (-q, 2q)
-    if lazy:
-        return r
     return r % U64(q)
 
 
@@ -187,10 +184,20 @@ def modmatmul(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
         raise ValueError(f"modmatmul: inner dimension {k} > 256 or a prime of more than 60 bits")
     la, lb = _limbs(a), _limbs(b)
     out = None
-    for s in range(5):
+    for s in range(5):  # weight 2^(20 s): the limb pairs (i, s - i)
         pairs = [(i, s - i) for i in range(3) if 0 <= s - i < 3]
         h = torch.matmul(torch.cat([la[i] for i, _ in pairs], dim=-1), torch.cat([lb[j] for _, j in pairs], dim=-2))
-        h = h.numpy().astype(U64)  # < 3 * 2^40 * k <= 2^50: exact integers
-        term = h if s == 0 else mulc(h, pow(2, LIMB * s, q), q, lazy=True)  # each < 3q; h < 2^50 <= 2q
-        out = term if out is None else out + term  # < 15 q < 2^64
+        h = h.numpy()  # exact integers < 3 * 2^40 * k <= 2^50, in float64
+        if s == 0:
+            term = h.astype(U64)
+        else:  # (h * 2^(20 s)) mod q as in mulc, left in [0, 3q)
+            c = pow(2, LIMB * s, q)
+            qhat = (h * (c / q)).astype(U64)
+            term = h.astype(U64) * U64(c)
+            term -= qhat * U64(q)
+            term += U64(q)
+        if out is None:
+            out = term
+        else:
+            out += term  # < 12 q + 2^50 < 2^64 for q < 2^60
     return out % U64(q)
