@@ -1,4 +1,4 @@
-"""SEAL's ciphertext bytes and exact arithmetic modulo its 60-bit prime, in numpy (coefficient packing).
+"""SEAL's ciphertext bytes and exact arithmetic modulo its prime (< 2^60), in numpy (coefficient packing).
 
 The coefficient packing (coeff.py) has the server compute on the ciphertexts' numbers itself
 instead of through SEAL's evaluator: a ciphertext-plaintext product in SEAL's NTT form is an
@@ -158,16 +158,6 @@ def ntt_of(poly: np.ndarray, seal_context: Any, fmt: SealFormat, wire: Wire) -> 
 
 # ---- exact arithmetic modulo q (q < 2^60) --------------------------------------------------------
 
-def mulc(h: np.ndarray, c: int, q: int) -> np.ndarray:
-    """(h * c) mod q for uint64 h < 2^50 and a constant c < q: the quotient estimate from float64
-    is off by at most one and the remainder is exact in wrapping uint64 arithmetic."""
-    qhat = (h.astype(np.float64) * (c / q)).astype(U64)  # truncation = floor for non-negative values
-    r = h * U64(c)
-    r -= qhat * U64(q)
-    r += U64(q)  # r was in (-q, 2q)
-    return r % U64(q)
-
-
 def _limbs(x: np.ndarray) -> list[torch.Tensor]:
     mask = U64((1 << LIMB) - 1)
     return [torch.from_numpy(((x >> U64(LIMB * i)) & mask).astype(np.float64)) for i in range(3)]
@@ -190,8 +180,8 @@ def modmatmul(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
         h = h.numpy()  # exact integers < 3 * 2^40 * k <= 2^50, in float64
         if s == 0:
             term = h.astype(U64)
-        else:  # (h * 2^(20 s)) mod q as in mulc, left in [0, 3q)
-            c = pow(2, LIMB * s, q)
+        else:  # (h * 2^(20 s)) mod q, left in [0, 3q): the float64 quotient is off by at most one
+            c = pow(2, LIMB * s, q)  # and the remainder is exact in wrapping uint64 arithmetic
             qhat = (h * (c / q)).astype(U64)
             term = h.astype(U64) * U64(c)
             term -= qhat * U64(q)
