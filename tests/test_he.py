@@ -58,15 +58,18 @@ def runs(tiny_data):
 def test_he_output_matches_plaintext_server(tiny_data):
     defense, setup = _defend(_setup(tiny_data))
     assert (setup.depth, setup.label_layers, setup.scenario.setup) == (5, 4, "u-shaped")
+    assert defense.packing == "coeff" and defense.params()["poly_modulus_degree"] == 2048
     sm = setup.split()
-    a = sm.client(tiny_data.x_test[:40])  # 40 samples: a full and a partly filled ciphertext
-    for packing in ("batch", "batch-real"):
-        ch = defense.channel if packing == "batch" else _defend(_setup(tiny_data), packing=packing)[0].channel
+    a = sm.client(tiny_data.x_test[:40])  # 40 samples: a full and a partly filled ciphertext (slots)
+    channels = {}
+    for packing in ("coeff", "batch", "batch-real"):
+        ch = channels[packing] = defense.channel if packing == "coeff" else _defend(_setup(tiny_data), packing=packing)[0].channel
         h = torch.as_tensor(ch.encrypted_forward(a.detach().flatten(1).double().numpy(), sm.server))
         ref = sm.server(a).detach().double()
         assert h.shape == ref.shape == (40, 120)
         assert (h - ref).abs().max() < 1e-4, packing
-    assert defense.channel.samples_per_ciphertext == 32  # 256 features, 4096 slots, two samples per slot
+    assert channels["batch"].samples_per_ciphertext == 32  # 256 features, 4096 slots, two samples per slot
+    assert channels["coeff"].samples_per_ciphertext == 128  # up to 2048 / 16 coefficients apart
 
 
 @pytest.mark.parametrize("square", [False, True])
@@ -97,12 +100,19 @@ def test_training_through_he_matches_plaintext(runs, tiny_data):
     json.dumps(rep)  # goes into the cell as is
 
 
-def test_server_only_holds_a_public_context(runs):
-    ch = runs[0].channel
-    assert ch.server.ts_context.is_private() is False
-    assert not ch.server.ts_context.has_secret_key()
-    assert ch.client.ts_context.is_private() is True
-    assert ch.client.ts_context not in vars(ch.server).values()
+def test_server_only_holds_a_public_context(runs, tiny_data):
+    from tenseal import sealapi
+
+    ch = runs[0].channel  # the default coefficient packing: the server gets the encryption parameters only
+    assert ch.packing == "coeff" and ch.client.holds_secret_key() and not ch.server.holds_secret_key()
+    keys = (sealapi.SecretKey, sealapi.PublicKey, sealapi.GaloisKeys, sealapi.RelinKeys)
+    assert not any(isinstance(v, keys) for v in vars(ch.server).values())
+    assert ch.public_context_bytes < 1000  # parameters, no key
+    slot = _defend(_setup(tiny_data), packing="batch")[0].channel  # slots: public, relinearisation, Galois keys
+    assert slot.server.ts_context.is_private() is False
+    assert not slot.server.ts_context.has_secret_key()
+    assert slot.client.ts_context.is_private() is True
+    assert all(v is not slot.client.ts_context for v in vars(slot.server).values())
 
 
 def test_transcript_has_cut_and_weight_gradients_but_no_smashed_data(runs, tiny_data):
@@ -143,12 +153,16 @@ def test_frozen_server_sends_no_weight_gradient(tiny_data):
 
 @pytest.mark.parametrize("params,needle", [
     (dict(poly_modulus_degree=1000), "poly_modulus_degree must be one of"),
-    (dict(coeff_mod_bit_sizes=[60, 60, 60, 60]), "allows at most 218 bits"),
-    (dict(coeff_mod_bit_sizes=[60, 40]), "at least 3 primes"),
+    (dict(coeff_mod_bit_sizes=[60, 60, 60, 60], packing="batch"), "allows at most 218 bits"),
+    (dict(coeff_mod_bit_sizes=[60]), "allows at most 54 bits"),  # coeff's n = 2048
+    (dict(coeff_mod_bit_sizes=[]), "at least one prime"),
+    (dict(poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 60]), "modulo one ciphertext prime"),
+    (dict(coeff_mod_bit_sizes=[60, 40], packing="batch"), "at least 3 primes"),
     (dict(coeff_mod_bit_sizes=[60, 40, 70]), "20..60 bits"),
     (dict(scale_bits=55), "does not fit the first (decryption) prime"),
-    (dict(coeff_mod_bit_sizes=[60, 20, 20, 60]), "scale out of bounds"),
-    (dict(scale_bits=20), "after rescaling at server op 0 (linear) the scale is 2^0"),
+    (dict(scale_bits=26), "results carry scale 2^52"),  # coeff: 2 x 26 + 10 bits > 60
+    (dict(coeff_mod_bit_sizes=[60, 20, 20, 60], packing="batch"), "scale out of bounds"),
+    (dict(scale_bits=20, packing="batch"), "after rescaling at server op 0 (linear) the scale is 2^0"),
     (dict(server_layers=2), "layer 7 (ReLU) cannot run on CKKS"),
     (dict(server_layers=0), "server_layers must be an integer >= 1"),
     (dict(packing="rows"), "packing must be one of"),
@@ -172,6 +186,8 @@ def test_impossible_layouts_are_clear_errors(tiny_data, monkeypatch):
 
     monkeypatch.setattr(tenseal, "context", lambda *a, **k: (_ for _ in ()).throw(AssertionError("keys made")))
     with pytest.raises(ValueError, match="needs 3 multiplicative level"):  # square part, default primes
+        _defend(_setup(tiny_data, _small_model(True)), server_layers=3, packing="batch")
+    with pytest.raises(ValueError, match="exactly one linear layer.*packing='batch'"):
         _defend(_setup(tiny_data, _small_model(True)), server_layers=3)
     with pytest.raises(ValueError, match="no layer to finish"):
         _defend(_setup(tiny_data, depth=8))  # only the last Linear is left for the server

@@ -1,12 +1,25 @@
 """The CKKS-encrypted wire of the `he` defense (defenses/he.py): a `Channel` whose server part runs on
 ciphertext.
 
+Packings (``packing``): "coeff" (default, coeff.py): the activations are the coefficients of the
+plaintext polynomials, so a ciphertext-plaintext product sums over features by itself and the
+server needs no rotation and no Galois key; one linear layer. "batch"/"batch-real" (ckks.py,
+server.py): activations in the slots, baby-step giant-step diagonals with rotations; linear layers
+and squares. "sample": one TenSEAL vector per sample, the slow baseline.
+
 What is real and what is simulated, per training step (U-shaped setup):
 
-- real: the client encrypts its activations (batch-packed), the bytes cross to a server object
-  that holds only the public context, the server evaluates its layers on the ciphertexts with
-  its current plaintext weights, the bytes come back, the client decrypts. The decrypted output
-  (CKKS noise included) is what the client's tail trains on.
+- real: the client encrypts its activations (SEAL, with its secret key), the bytes cross to a
+  server object that holds only public material (the slot packings: TenSEAL's public context with
+  public, relinearisation and Galois keys; "coeff": the encryption parameters and no key at all),
+  the server evaluates its layers on the
+  ciphertexts with its current plaintext weights, the bytes come back, the client decrypts. The
+  decrypted output (CKKS noise included) is what the client's tail trains on. With "coeff" the
+  server does not call SEAL's evaluator: it parses the ciphertexts' numbers (RNS/NTT form) from
+  the bytes and computes the ciphertext-plaintext products and sums itself, as exact arithmetic
+  modulo the ciphertext prime (the same arithmetic SEAL's multiply_plain and add perform), then
+  writes SEAL ciphertexts that the client's SEAL decrypts. The layout (samples per ciphertext)
+  travels with the ciphertexts as public metadata.
 - simulated in plaintext, with the values the real protocol sends: the backward pass. The client
   returns g_h = dL/dh in plaintext; the server computes dL/d(activation) = g_h W (its own weights,
   no ciphertext needed) and receives its weight gradients dL/dW = g_h^T a, dL/db = sum g_h in
@@ -37,9 +50,10 @@ from torch import nn
 
 from ..protocol.channel import Channel
 from .ckks import CKKSClient, CKKSParams
+from .coeff import CoeffClient, CoeffLayout, CoeffServer
 from .server import CKKSServer
 
-PACKINGS = ("batch", "batch-real", "sample")
+PACKINGS = ("coeff", "batch", "batch-real", "sample")
 
 
 class Square(nn.Module):
@@ -98,7 +112,8 @@ def server_program(server: nn.Module) -> list[tuple]:
 class HEStats:
     batches: int = 0
     samples: int = 0
-    ciphertexts: int = 0
+    ciphertexts: int = 0  # sent up
+    ciphertexts_down: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     client_s: float = 0.0  # pack + encrypt + serialise, deserialise + decrypt + unpack
@@ -110,6 +125,8 @@ class HEStats:
         n = max(self.samples, 1)
         return {
             "he_samples": self.samples,
+            "he_ciphertexts_up_per_batch": self.ciphertexts / max(self.batches, 1),
+            "he_ciphertexts_down_per_batch": self.ciphertexts_down / max(self.batches, 1),
             "he_ct_bytes_up_per_sample": self.bytes_up / n,
             "he_ct_bytes_down_per_sample": self.bytes_down / n,
             "he_client_s_per_sample": self.client_s / n,
@@ -127,17 +144,27 @@ class HEChannel(Channel):
         if packing not in PACKINGS:
             raise ValueError(f"packing must be one of {', '.join(PACKINGS)}; got {packing!r}")
         kinds, width = describe_server(server_layers)
-        self.plan = params.check_circuit(kinds, width)  # before any key or ciphertext exists
+        # checked before any key or ciphertext exists
         lins = [lin for lin in map(_linear_of, server_layers) if lin is not None]
+        self.plan = (params.check_coeff(kinds, lins[0].in_features) if packing == "coeff"
+                     else params.check_circuit(kinds, width))
         self.out_features = lins[-1].out_features
         self.n_server_params = sum(p.numel() for layer in server_layers for p in layer.parameters())
-        complex_slots = packing == "batch" and set(kinds) == {"linear"}
         self.params, self.packing, self.kinds = params, packing, list(kinds)
-        self.client = CKKSClient(params, self.plan["depth"], self.plan["block"], complex_slots=complex_slots)
-        public = self.client.public_context()  # the one message the server gets, at setup
+        self.client: CKKSClient | CoeffClient
+        self.server: CKKSServer | CoeffServer
+        if packing == "coeff":
+            self.client = CoeffClient(params, lins[0].in_features, lins[0].out_features)
+            public = self.client.public_context()  # the one message the server gets, at setup
+            self.server = CoeffServer(public, params.scale_bits)
+            self.samples_per_ciphertext = CoeffLayout.max_samples(params.poly_modulus_degree)
+        else:
+            complex_slots = packing == "batch" and set(kinds) == {"linear"}
+            self.client = CKKSClient(params, self.plan["depth"], self.plan["block"], complex_slots=complex_slots)
+            public = self.client.public_context()
+            self.server = CKKSServer(public, self.plan["block"], complex_slots=complex_slots)
+            self.samples_per_ciphertext = 1 if packing == "sample" else self.client.per_ct
         self.public_context_bytes = len(public)
-        self.server = CKKSServer(public, self.plan["block"], complex_slots=complex_slots)
-        self.samples_per_ciphertext = 1 if packing == "sample" else self.client.per_ct
         self.server_grads = server_grads
         self.stats = HEStats()
 
@@ -158,6 +185,8 @@ class HEChannel(Channel):
     def encrypted_forward(self, a: np.ndarray, server: nn.Module, record: bool = True) -> np.ndarray:
         """Client encrypts ``a`` (n x features), server evaluates, client decrypts: n x outputs."""
         prog = server_program(server)
+        if self.packing == "coeff":
+            return self._coeff_forward(a, prog, record)
         m = self.out_features
         t0 = time.perf_counter()
         up = self.client.encrypt_each(a) if self.packing == "sample" else self.client.encrypt_packed(a)
@@ -169,17 +198,41 @@ class HEChannel(Channel):
         t2 = time.perf_counter()
         out = self.client.decrypt_each(down) if self.packing == "sample" else self.client.decrypt_packed(down, len(a), m)
         t3 = time.perf_counter()
-        if not record:
-            return out
+        if record:
+            self._record(len(a), up, down, (t1 - t0) + (t3 - t2), t2 - t1)
+        return out
+
+    def _coeff_forward(self, a: np.ndarray, prog: list[tuple], record: bool) -> np.ndarray:
+        _, weight, bias = prog[0]
+        cap = self.samples_per_ciphertext
+        client = self.client
+        assert isinstance(client, CoeffClient) and isinstance(self.server, CoeffServer)
+        outs, ups, downs, client_s, server_s = [], [], [], 0.0, 0.0
+        for s in range(0, max(len(a), 1), cap):
+            t0 = time.perf_counter()
+            up, layout = client.encrypt(a[s:s + cap])  # the layout (S) travels with the ciphertexts
+            t1 = time.perf_counter()
+            down = self.server.evaluate(up, layout, weight, bias)
+            t2 = time.perf_counter()
+            outs.append(client.decrypt(down, layout, len(a[s:s + cap])))
+            client_s += (time.perf_counter() - t2) + (t1 - t0)
+            server_s += t2 - t1
+            ups += up
+            downs += down
+        if record:
+            self._record(len(a), ups, downs, client_s, server_s)
+        return np.concatenate(outs)[:len(a)]
+
+    def _record(self, n: int, up: list[bytes], down: list[bytes], client_s: float, server_s: float) -> None:
         st = self.stats
         st.batches += 1
-        st.samples += len(a)
+        st.samples += n
         st.ciphertexts += len(up)
+        st.ciphertexts_down += len(down)
         st.bytes_up += sum(map(len, up))
         st.bytes_down += sum(map(len, down))
-        st.client_s += (t1 - t0) + (t3 - t2)
-        st.server_s += t2 - t1
-        return out
+        st.client_s += client_s
+        st.server_s += server_s
 
     def server_forward(self, smashed: torch.Tensor, server: nn.Module) -> torch.Tensor:
         with torch.no_grad():

@@ -1,5 +1,6 @@
-"""CKKS machinery for the `he` defense: parameter checks and the client (keys, packing, en/decryption).
-The server's evaluation is in server.py.
+"""CKKS machinery for the `he` defense: parameter checks and the slot packings' client (keys, packing,
+en/decryption). The server's slot evaluation is in server.py; the coefficient packing (the
+default, no rotations) is in coeff.py.
 
 Batch packing. A ciphertext has S = N/2 slots. Each sample's activation vector is zero-padded to
 a block of D slots (D: the next power of two >= the widest layer of the server part) and P = S/D
@@ -63,9 +64,8 @@ class CKKSParams:
                                                          for b in bits):
             raise ValueError(f"coeff_mod_bit_sizes must be a list of integers, got {bits!r}")
         object.__setattr__(self, "coeff_mod_bit_sizes", tuple(bits))
-        if len(bits) < 3:
-            raise ValueError(f"coeff_mod_bit_sizes needs at least 3 primes (decryption prime, one level per "
-                             f"multiplication, key-switching prime), got {list(bits)}")
+        if len(bits) < 1:
+            raise ValueError("coeff_mod_bit_sizes needs at least one prime")
         if not all(20 <= b <= 60 for b in bits):
             raise ValueError(f"every prime of coeff_mod_bit_sizes must have 20..60 bits (SEAL), got {list(bits)}")
         if sum(bits) > MAX_COEFF_BITS[n]:
@@ -91,7 +91,10 @@ class CKKSParams:
 
     def check_circuit(self, kinds: Sequence[str], width: int) -> dict[str, int]:
         """Check the server part (``kinds``: "linear"/"square" in order; ``width``: its widest layer)
-        against these parameters, before any key exists. Returns the packing plan."""
+        against these parameters for a slot packing, before any key exists. Returns the packing plan."""
+        if len(self.coeff_mod_bit_sizes) < 3:
+            raise ValueError(f"coeff_mod_bit_sizes needs at least 3 primes (decryption prime, one level per "
+                             f"multiplication, key-switching prime), got {list(self.coeff_mod_bit_sizes)}")
         depth = len(kinds)
         if depth > self.levels:
             raise ValueError(
@@ -122,6 +125,27 @@ class CKKSParams:
                 "result_scale_bits": s}
 
 
+    def check_coeff(self, kinds: Sequence[str], in_features: int) -> dict[str, int]:
+        """Check the server part against these parameters for the coefficient packing (coeff.py):
+        one linear layer of at most 4080 inputs (255 ciphertexts of 16 features), and results at
+        scale 2^(2 scale_bits) within the first prime."""
+        if list(kinds) != ["linear"]:
+            raise ValueError(f"the coefficient packing evaluates exactly one linear layer on ciphertext; the server "
+                             f"part is {' -> '.join(kinds)}: use packing='batch' (slots, with levels for squares)")
+        if len(self.coeff_mod_bit_sizes) > 2:
+            raise ValueError(f"the coefficient packing computes modulo one ciphertext prime (a second one would be "
+                             f"the unused key-switching prime); got coeff_mod_bit_sizes {list(self.coeff_mod_bit_sizes)}")
+        if in_features > 4080:
+            raise ValueError(f"the coefficient packing takes at most 4080 input features (its exact modular products "
+                             f"sum 255 ciphertexts and the bias), got {in_features}: use packing='batch'")
+        s, q = 2 * self.scale_bits, self.coeff_mod_bit_sizes[0]
+        if s + HEADROOM_BITS > q:
+            raise ValueError(f"coefficient packing: results carry scale 2^{s} (2 x scale_bits), which with "
+                             f"{HEADROOM_BITS} bits for the values needs a first prime of {s + HEADROOM_BITS} bits; "
+                             f"got {q}: use scale_bits <= {(q - HEADROOM_BITS) // 2}")
+        return {"depth": 1, "result_scale_bits": s}
+
+
 class Wire:
     """Ciphertexts cross between the parties as bytes (SEAL's serialisation, which the Python
     binding only writes to files: a private temporary folder, in memory where /dev/shm exists)."""
@@ -131,6 +155,10 @@ class Wire:
         folder = tempfile.mkdtemp(prefix="arena-he-", dir=shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None)
         weakref.finalize(self, shutil.rmtree, folder, True)
         self._path = str(Path(folder) / "ct.bin")
+
+    @property
+    def path(self) -> str:
+        return self._path
 
     def dump(self, ct: Any) -> bytes:
         ct.save(self._path)
