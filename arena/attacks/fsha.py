@@ -18,44 +18,47 @@ decodes the batch it receives at checkpoint steps (with the decoder of that mome
 "attack validation" does) and returns them as ``extra["curve"]``; the scorer turns that into
 ``mse@<step>`` (pixels in [0,1]; the paper's [−1,1] MSE is 4× these).
 
-Budget (``steps``, default 1000; None or "all": the whole training run): the number of training
+Budget (``steps``, default 800; None or "all": the whole training run): the number of training
 steps the server hijacks. After the last one the policy sets ``stop`` and protocol.train ends
 training there, as when SplitGuard stops it: the last recorded steps become the "after" window that
 `run()` decodes, the checkpoints (``total_steps``) lie within the budget and the cell's
 ``train_steps`` counts the steps run. It is the attack budget the report states. Stopping early
 hides no cost: ``test_acc`` in an fsha cell is the accuracy of the model the client ends up with
 (its hijacked part followed by a server part that was never trained for the task), ≈ chance
-whenever training stops; that is the task damage of the attack. Why 1000: the decoded SSIM is
+whenever training stops; that is the task damage of the attack. Why 800: the decoded SSIM is
 near its plateau from 500–800 steps on (the curves below) and a cell fits in one CPU minute.
 
 Defaults are tuned for arena's training regime (client Adam lr 1e-3, hundreds of steps): lr 3e-3
 for f̃/f̃⁻¹, 1e-3 for D, gradient-penalty weight 10 (Gulrajani et al.'s). The paper's (1e-5, 1e-4,
 500) go with a client at lr 1e-5 over 10k iterations (benchmarks/fsha_paper.py). Measured on digits
 (LeNet depth 1, 600 private and 200 public images, batch 32, 95 steps; grey image MSE 0.145):
-defaults MSE 0.043 (SSIM 0.68; the previous defaults, 3.3× costlier: 0.029, SSIM 0.60), GP 500 with
+defaults MSE 0.043 (SSIM 0.68; the previous defaults, ≈3× costlier: 0.029, SSIM 0.60), GP 500 with
 our learning rates 0.199, the paper's three settings 0.130.
 
 Cost (benchmarks/fsha_speed.py, results/reference/fsha_speed.txt; the default experiment's scale:
-Fashion-MNIST, LeNet depth 1, 8×24×24 smashed data, batch 64, one thread): a training step cost
-165 CPU ms with the previous code and defaults (165–195 across runs on a shared 2-core machine),
-49.5 now (3.3× in the same run), so a cell at the budget costs 49–56 CPU s (data, training, test
-accuracy and attack) instead of ≈8–9 min for the 2,790 steps of the whole run.
-Where it went: one critic forward and one backward serve both the client's gradient and the
-critic's loss (the gradient sent is −∂gap/∂f(x_priv) of that loss; tests check it equals the
-two-pass computation); the critic is one width throughout (``critic_width``, default 2× the
+Fashion-MNIST, LeNet depth 1, 8×24×24 smashed data, batch 64, one thread; a 2-core machine shared
+with other jobs, so absolute times moved with their load): a training step cost 152–225 CPU ms
+with the previous code and defaults and 50–71 now, 2.6–3.3× less in the same run (six runs; 3.2×
+in the reference), so a cell at the budget costs 38–48 CPU s (data, training, test accuracy and
+attack; 49–65 s for 1000 steps at heavier load) instead of ≈8–9 min for the whole run's 2,790.
+Where it went: the critic is one width throughout (``critic_width``, default 2× the
 activation's channels, at least 32: 32 here, where it used to grow to 128), the decoder's extra
 layer at a shallow split is 2× the activation's channels, 16 to 64 (``decoder_width``; was 64);
 the gradient penalty is estimated on the first 16 interpolates of the batch (``gp_samples``;
-None: all, as the authors). At the budget, undefended, seeds 0, 1, 2: SSIM 0.64, 0.54, 0.64
-(the grey image 0.07, 0.07, 0.08 on the same batches), MSE 0.016, 0.022, 0.020; the previous
-defaults gave SSIM 0.72 after 1,876 steps. SplitGuard (p_fake 0.1, its default) still detects the
-hijack, at steps 66, 35, 45 (p_fake 0.2: 43, 16, 25).
+None: all, as the authors). One critic forward and one backward now serve both the client's
+gradient and the critic's loss (the gradient sent is −∂gap/∂f(x_priv) of that loss; a test checks
+it equals the two-pass computation): within noise (0.85–1.11×), the forward was already shared.
+At the budget, undefended, seeds 0, 1, 2: SSIM 0.62, 0.57, 0.64 (the grey image 0.07 on the same
+batches), MSE 0.017, 0.024, 0.022 (at 1000 steps: 0.64, 0.54, 0.64); the previous defaults gave
+SSIM 0.72 after 1,876 steps. SplitGuard (p_fake 0.1, its default) still detects the hijack, at
+steps 66, 35, 45 (p_fake 0.2: 43, 16, 25).
 ``gp_every=k`` is lazy regularisation (the penalty on every k-th critic step, weighted ×k; Karras et
-al., "Analyzing and Improving the Image Quality of StyleGAN", CVPR 2020, §3.1): cheaper than
-``gp_samples=16`` at k=4 (46.3 CPU ms a step), but not the default: with Adam at these learning
-rates the ×k spikes made the hijack oscillate. SSIM of 256 private images decoded at steps 400,
-500, …, 800 (seed 0 / seed 2): k=4 0.11–0.56 / 0.07–0.36, k=2 0.19–0.55 / 0.21–0.42, the penalty
-every step 0.42–0.58 / 0.40–0.53, on 16 interpolates every step (the default) 0.50–0.56 / 0.35–0.53.
+al., "Analyzing and Improving the Image Quality of StyleGAN", CVPR 2020, §3.1): at k=4 on the whole
+batch a little cheaper than ``gp_samples=16`` (62.5 vs 70.7 CPU ms a step in the reference), but
+not the default: with Adam at these learning rates the ×k spikes made the hijack oscillate. SSIM
+of 256 private images decoded at steps 400, 500, …, 800 (seed 0 / seed 2): k=4 0.11–0.56 /
+0.07–0.36, k=2 0.19–0.55 / 0.21–0.42, the penalty every step 0.42–0.58 / 0.40–0.53, on 16
+interpolates every step (the default) 0.50–0.56 / 0.35–0.53.
 
 Networks: see fsha_nets.py (``pilot = "paper"``: the authors' linear pilot and decoder). Fidelity
 switches for benchmarks/fsha_paper.py (defaults keep arena's fast regime): ``critic="paper"`` with
@@ -83,7 +86,7 @@ from .base import Attack, PolicyContext, register_attack
 
 
 GP_SAMPLES = 16  # interpolates per step for the gradient penalty (None: the whole batch)
-STEPS = 1000  # the attack budget: hijacked steps (None or "all": the whole training run)
+STEPS = 800  # the attack budget: hijacked steps (None or "all": the whole training run)
 
 
 def _int_list(name: str, value: Any) -> tuple[int, ...]:
