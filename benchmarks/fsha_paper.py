@@ -109,7 +109,8 @@ def cell(a: argparse.Namespace, ds: str, iterations: int, curve: list[int]):
     sc = Scenario(ds, a.model, a.depth, setup="vanilla", seed=a.seed, n_train=a.n_train, n_test=a.n_test, train=cfg)
     params = {"pilot": a.pilot, "lr_tilde": a.lr_tilde, "lr_d": a.lr_d, "gp_weight": a.gp_weight,
               "curve_steps": tuple(curve), "critic": a.critic, "critic_blocks": a.critic_blocks,
-              "gp_norm": a.gp_norm, "init": a.init, "pilot_input": a.pilot_input}
+              "gp_norm": a.gp_norm, "init": a.init, "pilot_input": a.pilot_input, "gp_every": a.gp_every,
+              "gp_samples": None, "steps": None}  # no attack budget: the curve runs to --iterations
     spec = CellSpec(sc, Entry("fsha", tuple(sorted(params.items()))), Entry("none"), a.n_public)
     ticks: list[tuple[int, float]] = []
     ctx = GroupContext(data_dir=a.data_dir, device=a.device, progress=progress(ds, ticks, a.progress_every))
@@ -126,7 +127,8 @@ def run(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     print(f"# FSHA reproduction — arena benchmarks/fsha_paper.py {' '.join(sys.argv[1:])}")
     print(f"# client {a.model} depth {a.depth}, pilot {a.pilot}, lr client {a.client_lr} / f̃,f̃⁻¹ {a.lr_tilde} / "
-          f"D {a.lr_d}, GP {a.gp_weight} ({a.gp_norm} norm), critic {a.critic} x{a.critic_blocks} blocks, "
+          f"D {a.lr_d}, GP {a.gp_weight} ({a.gp_norm} norm, every {a.gp_every} step(s)), "
+          f"critic {a.critic} x{a.critic_blocks} blocks, "
           f"init {a.init}, pilot input {a.pilot_input}, client optimiser {a.client_optimizer}, batch 64; X_priv {a.n_train} samples, X_pub {a.n_public} (disjoint); "
           f"input {a.input}; seed {a.seed}; torch {torch.__version__}, {a.threads} thread(s), {os.cpu_count()} CPU(s), device {a.device}")
     t_all = time.perf_counter()
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gp-weight", type=float, default=500.0)
     p.add_argument("--gp-norm", default="channel", choices=["channel", "sample"],
                    help="gradient-penalty norm: per channel as the authors' code, or per sample (WGAN-GP)")
+    p.add_argument("--gp-every", type=int, default=1,
+                   help="gradient penalty every k critic steps, weight ×k (arena's default: 4; the paper: 1)")
     p.add_argument("--critic", default="paper", choices=["paper", "fast"], help="critic layout")
     p.add_argument("--critic-blocks", type=int, default=6, help="critic residual blocks (paper: 6)")
     p.add_argument("--init", default="keras", choices=["keras", "torch"], help="attacker networks' init")
@@ -211,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         a.n_train, a.n_public, a.n_test, a.time_budget = 2000, 1000, 500, 0.0
         a.pilot, a.client_lr, a.lr_tilde, a.lr_d, a.gp_weight = "same", 1e-3, 3e-3, 1e-3, 10.0
         a.critic, a.critic_blocks, a.gp_norm, a.init, a.pilot_input = "fast", 1, "sample", "torch", "unit"
+        a.gp_every = 1
         a.client_optimizer = "amsgrad"
     run(a)
 

@@ -9,7 +9,10 @@ from arena.attacks import ATTACKS, PolicyContext, fsha_nets as nets
 from arena.attacks.fsha import FSHA, FSHAPolicy
 from arena.run.config import experiment_from_dict
 from arena.models import build_model
-from arena.run.runner import GroupContext, groups, plan, run_group
+from arena.run.runner import CellSpec, GroupContext, groups, plan, run_group
+from arena.run.config import Entry
+from arena.records import Scenario, TrainConfig
+from arena.protocol.train import make_setup, train
 from arena.seeding import torch_generator
 from arena.protocol.split import split, valid_depths
 
@@ -116,6 +119,9 @@ def test_public_and_private_sets_never_overlap(tiny_data):
     ({"lr": 1e-3}, "unknown parameter"), ({"critic": "deep"}, "critic"), ({"critic_blocks": 0}, "critic_blocks"),
     ({"critic_blocks": 2.5}, "critic_blocks"), ({"gp_norm": "l1"}, "gp_norm"), ({"init": "he"}, "init"),
     ({"pilot_input": "raw"}, "pilot_input"), ({"pilot_input": "signed"}, "goes with pilot=.paper."),
+    ({"critic_width": 0}, "critic_width"), ({"decoder_width": 8.5}, "decoder_width"), ({"gp_every": 0}, "gp_every"),
+    ({"steps": 0}, "steps"), ({"steps": -5}, "steps"), ({"steps": 2.5}, "steps"), ({"steps": "half"}, "steps"),
+    ({"steps": True}, "steps"), ({"gp_samples": 0}, "gp_samples"), ({"gp_samples": "half"}, "gp_samples"),
 ])
 def test_bad_parameters_raise(kw, needle):
     with pytest.raises(ValueError, match=needle):
@@ -152,6 +158,32 @@ def test_paper_critic_gp_norms_and_keras_init():
     assert all(float(m.bias.detach().abs().max()) == 0 for m in net if isinstance(m, torch.nn.Conv2d))
 
 
+def test_network_widths_and_penalty_samples():
+    act = (8, 24, 24)  # LeNet at depth 1
+
+    def widths(net):
+        return [m.out_channels for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))] + [
+            m.c1.out_channels for m in net if isinstance(m, nets._Res)]
+
+    assert widths(nets.discriminator(act)) == [32, 32, 32, 32]  # one width: 2× the channels, at least 32
+    assert widths(nets.discriminator(act, width=256)) == [32, 64, 128, 128]  # the previous critic
+    assert widths(nets.discriminator((256, 4, 4))) == [256, 256]  # the paper's split keeps its width
+    assert widths(nets.discriminator((256, 4, 4), "paper")) == [256, 256, 256]
+    assert widths(nets.decoder(act, (1, 28, 28))) == [16, 1]
+    assert widths(nets.decoder(act, (1, 28, 28), width=64)) == [64, 1]
+    assert widths(nets.decoder((64, 32, 32), (3, 32, 32))) == [64, 3]  # 16 to 64: CIFAR's depth 1 as before
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="width"):
+            nets.discriminator(act, width=bad)
+        with pytest.raises(ValueError, match="width"):
+            nets.decoder(act, (1, 28, 28), width=bad)
+    # the penalty on the first k interpolates is the penalty of the first k pairs
+    critic, real, fake = nets.discriminator(act), torch.rand(6, *act), torch.rand(6, *act)
+    some = nets.gradient_penalty(critic, real, fake, torch.Generator().manual_seed(1), samples=2)
+    first = nets.gradient_penalty(critic, real[:2], fake[:2], torch.Generator().manual_seed(1))
+    torch.testing.assert_close(some, first)
+
+
 def test_fsha_resnet_tf_runs_the_stem_norm_in_inference_mode():
     torch.manual_seed(0)
     model = build_model("fsha-resnet-tf", (1, 28, 28), 10).train()
@@ -179,3 +211,65 @@ def test_paper_settings_build_and_step(tiny_data):
     smashed = _arch("lenet", tiny_data.shape, 2)()(tiny_data.x_train[:8]).detach().requires_grad_(True)
     grad = policy.step(smashed, None, 0)
     assert grad.shape == smashed.shape and torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
+
+
+def _unfused_step(p, smashed, step):
+    """FSHA's step written plainly (two critic passes, the penalty every step): the oracle for the
+    fused one (one critic forward and one backward for the client's gradient and the critic's loss)."""
+    d_priv = p.critic(smashed)
+    (grad,) = torch.autograd.grad(d_priv.mean(), smashed, retain_graph=True)
+    z_pub = p._train_autoencoder(p._public_batch(len(smashed)))
+    d_pub = p.critic(z_pub)
+    gap = d_pub.mean() - d_priv.mean()
+    loss = gap + p.a.gp_weight * nets.gradient_penalty(p.critic, smashed.detach(), z_pub, p.gen, p.a.gp_norm,
+                                                       p.a.gp_samples)
+    p.opt_d.zero_grad(set_to_none=True)
+    loss.backward(inputs=list(p.critic.parameters()))
+    p.opt_d.step()
+    return grad
+
+
+def test_fused_step_is_the_plain_one(tiny_data):
+    torch.manual_seed(0)
+    client = _arch("lenet", tiny_data.shape, 1)().double()  # float64: Adam would amplify float32 rounding
+    fused, plain = (ATTACKS.create("fsha", gp_every=1).server_policy(_ctx(tiny_data, depth=1)) for _ in range(2))
+    for p in (fused, plain):
+        p.pilot.double(), p.decoder.double(), p.critic.double()
+        p.x_pub = p.x_pub.double()
+    for i in range(3):
+        smashed = client(tiny_data.x_train[16 * i:16 * i + 16].double()).detach()
+        g1 = fused.step(smashed.clone().requires_grad_(True), None, i)
+        g2 = _unfused_step(plain, smashed.clone().requires_grad_(True), i)
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-12 * float(g2.abs().max()))
+    for a, b in zip(fused.critic.parameters(), plain.critic.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_the_budget_stops_training_at_its_step(tiny_data):
+    cfg = TrainConfig(epochs=5, batch_size=32, record_steps=2)  # 95 steps on 600 digits
+    sc = Scenario("digits", "lenet", 2, train=cfg)
+    setup = make_setup(sc, build_model("lenet", tiny_data.shape, 10), tiny_data.shape)
+    policy = ATTACKS.create("fsha", steps=30, checkpoints=3).server_policy(_ctx(tiny_data, steps=95))
+    assert policy.total_steps == 30 and policy.record_steps == (0, 10, 20, 29)  # the curve within the budget
+    calls = []
+    real = policy.step
+    policy.step = lambda smashed, labels, step: calls.append(step) or real(smashed, labels, step)
+    res = train(setup, tiny_data, torch_generator(0, "t"), policy=policy)
+    assert calls == list(range(30)) and policy.stop and res.cost["train_steps"] == 30
+    # the last recorded steps before the stop are the "after" window, as when a monitor stops training
+    assert [o.step for o in res.transcript.observations("after")] == [28, 29]
+    assert [o.step for o in res.transcript.observations("before")] == [0, 1]
+    assert all(int(i) in res.truth.x for o in res.transcript.observations("after") for i in o.ids)
+    # a budget beyond the run: the whole run, and "all" (what TOML can say for None) is no budget
+    assert ATTACKS.create("fsha", steps=500).server_policy(_ctx(tiny_data, steps=95)).total_steps == 95
+    assert ATTACKS.create("fsha", steps="all").steps is None
+
+
+def test_the_budget_is_the_cells_steps_run():
+    sc = Scenario("digits", "lenet", 2, n_train=600, n_test=200, train=TrainConfig(epochs=5, batch_size=32,
+                                                                                  record_steps=1))
+    spec = CellSpec(sc, Entry("fsha", (("checkpoints", 2), ("steps", 12))), Entry("none"), 200)
+    (cell,) = run_group([spec], GroupContext())
+    assert cell.status == "ok", cell.error
+    assert cell.cost["train_steps"] == 12 and cell.metrics["policy_steps"] == 12
+    assert sorted(int(k[4:]) for k in cell.metrics if k.startswith("mse@")) == [0, 6, 11]

@@ -46,7 +46,10 @@ GradHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 class ServerPolicy(Protocol):
-    """A malicious server's training behaviour (FSHA): it decides the gradient sent to the client."""
+    """A malicious server's training behaviour (FSHA): it decides the gradient sent to the client.
+    It may also expose ``record_steps`` (steps to keep in the transcript, window "checkpoints") and a
+    boolean ``stop``: once true after a step, training ends there, as when a client monitor stops it
+    (an attack's budget of hijacked steps)."""
 
     def step(self, smashed: torch.Tensor, labels: torch.Tensor | None, step: int) -> torch.Tensor: ...
 
@@ -199,6 +202,8 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     # a malicious policy may ask for observations at checkpoints (FSHA's reconstruction curve)
     record_at = {s: "checkpoints" for s in getattr(policy, "record_steps", ()) if 0 <= s < steps} | record_at
     monitor, recent, stopped = setup.client_monitor, collections.deque(maxlen=rec), False
+    # who may end training early: the client's monitor (detection) or the server's policy (its budget)
+    stoppers = tuple(w for w in (monitor, policy) if w is not None and hasattr(w, "stop"))
     transcript, truth = Transcript(setup=owner), Truth()
     watch = Stopwatch()
     server_before: nn.Module | None = None
@@ -219,7 +224,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
                 if opt is not None:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-            if monitor is not None:  # the last steps become the "after" window if the monitor stops training
+            if stoppers:  # the last steps become the "after" window if training is stopped early
                 recent.append((step, idx.clone(), obs.detached()))
             if window is not None:
                 obs.ids = idx.clone()
@@ -229,7 +234,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
             step += 1
             if progress is not None:
                 progress(step, steps)
-            if monitor is not None and monitor.stop:
+            if any(w.stop for w in stoppers):
                 stopped = True
                 break
     if stopped:
@@ -240,7 +245,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
             truth.add(idx, data.x_train[idx], data.y_train[idx])
     test_acc = evaluate(sm, data.x_test, data.y_test, device,
                         transform=deployed_transform(setup.test_hooks(), derived_generator(gen, "test")))
-    cost = _costs(setup, sm, data, watch, step)  # steps run (fewer if a monitor stopped training)
+    cost = _costs(setup, sm, data, watch, step)  # steps run (fewer if a monitor or the policy stopped training)
     return TrainResult(sm, transcript, truth, test_acc, cost, server_before or copy.deepcopy(sm.server))
 
 
