@@ -204,6 +204,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     monitor, recent, stopped = setup.client_monitor, collections.deque(maxlen=rec), False
     # who may end training early: the client's monitor (detection) or the server's policy (its budget)
     stoppers = tuple(w for w in (monitor, policy) if w is not None and hasattr(w, "stop"))
+    shown = min(steps, getattr(policy, "total_steps", None) or steps)  # progress: a policy's budget is its end
     transcript, truth = Transcript(setup=owner), Truth()
     watch = Stopwatch()
     server_before: nn.Module | None = None
@@ -233,7 +234,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
                 truth.add(idx, data.x_train[idx], data.y_train[idx])
             step += 1
             if progress is not None:
-                progress(step, steps)
+                progress(step, shown)
             if any(w.stop for w in stoppers):
                 stopped = True
                 break
