@@ -84,6 +84,25 @@ def splitguard_score(fake: _Running, r1: _Running, r2: _Running, alpha: float = 
     return (1.0 / (1.0 + math.exp(-alpha * s))) ** beta
 
 
+def alarm(scores: list[float], threshold: float, window: int, decision: str) -> bool:
+    """Whether the decision rule fires on a score sequence, judged at its last score."""
+    recent = scores[-window:]
+    if decision == "vote":  # most of the last `window` scores below the threshold
+        return sum(x < threshold for x in recent) > window // 2
+    # "mean": the mean of the last `window` scores below the threshold
+    return len(recent) == window and sum(recent) / len(recent) < threshold
+
+
+def first_alarm(scores: list[float], steps: list[int], threshold: float, window: int, decision: str) -> int | None:
+    """The step at which a monitor with this rule raises its alarm, from the scores it recorded
+    (``scores``/``score_steps``); None: never. Offline, so candidate rules need no new training run,
+    and exactly the online monitor's decision (same function, tested)."""
+    for i in range(len(scores)):
+        if alarm(scores[max(0, i + 1 - window):i + 1], threshold, window, decision):
+            return steps[i]
+    return None
+
+
 class SplitGuardMonitor:
     """The client-side state of one training run (protocol.ClientMonitor)."""
 
@@ -123,12 +142,7 @@ class SplitGuardMonitor:
             f, r1, r2 = self.fake, self.r1, self.r2
         self.scores.append(splitguard_score(f, r1, r2, self.d.alpha, self.d.beta))
         self.score_steps.append(step)
-        recent = self.scores[-self.d.window:]
-        if self.d.decision == "vote":  # most of the last `window` scores below the threshold
-            alarm = sum(x < self.d.threshold for x in recent) > self.d.window // 2
-        else:  # "mean": the mean of the last `window` scores below the threshold
-            alarm = len(recent) == self.d.window and sum(recent) / len(recent) < self.d.threshold
-        if alarm and self.detected_at is None:
+        if self.detected_at is None and alarm(self.scores, self.d.threshold, self.d.window, self.d.decision):
             self.detected_at = step
             self.stop = self.d.action == "stop"
 
