@@ -120,7 +120,9 @@ def record(spec, kind: str, cap: int | None, data_dir: str | None) -> dict[str, 
            "steps_total": total_steps(len(data.x_train), defended.config), "test_acc": res.test_acc,
            "wall_s": round(time.perf_counter() - t0, 1)}
     if monitor is not None:
-        out |= {"scores": monitor.scores, "score_steps": monitor.score_steps,
+        d = defense
+        out |= {"rule": {"threshold": d.threshold, "window": d.window, "decision": d.decision},
+                "scores": monitor.scores, "score_steps": monitor.score_steps,
                 "fake_batches": monitor.fake.n, "online_alarm": monitor.detected_at}
     return out
 
