@@ -113,6 +113,7 @@ class SplitGuardMonitor:
         self.last_regular: list[torch.Tensor] = []  # the two most recent regular gradients ("local")
         self.scores: list[float] = []
         self.score_steps: list[int] = []
+        self.fake_steps: list[int] = []  # every fake batch from `start` on, scored or not
         self.detected_at: int | None = None
 
     def labels(self, y: torch.Tensor, step: int) -> tuple[torch.Tensor, bool]:
@@ -131,11 +132,14 @@ class SplitGuardMonitor:
             self.last_regular = [*self.last_regular[-1:], v]
             return
         self.fake.add(v)
-        if self.d.reference == "local":  # this fake batch against the two regular batches just before it
+        self.fake_steps.append(step)
+        if self.d.reference in ("fresh", "local"):  # this fake batch against the two regular batches just before it
             if len(self.last_regular) < 2:
                 return
             f, r1, r2 = _Running(), _Running(), _Running()
             f.add(v), r1.add(self.last_regular[-1]), r2.add(self.last_regular[-2])
+            if self.d.reference == "fresh":  # each regular batch in one score at most
+                self.last_regular = []
         elif self.r1.n == 0 or self.r2.n == 0:
             return
         else:  # the authors' code: every fake batch so far against every regular batch, split at random
@@ -153,8 +157,8 @@ class SplitGuard(Defense):
     setups = ("vanilla",)
     paper = "Erdogan, Küpçü, Çiçek, WPES 2022: SplitGuard detects training hijacking with fake-label batches"
 
-    def __init__(self, p_fake: float = 0.1, start: int = 10, threshold: float = 0.5, window: int = 5,
-                 decision: str = "vote", reference: str = "local", alpha: float = 5.0, beta: float = 2.0,
+    def __init__(self, p_fake: float = 0.1, start: int = 10, threshold: float = 0.4, window: int = 7,
+                 decision: str = "vote", reference: str = "fresh", alpha: float = 5.0, beta: float = 2.0,
                  action: str = "stop", **rest: Any) -> None:
         super().__init__(**rest)
         self.p_fake = check_positive_float("p_fake", p_fake, allow_zero=True)
@@ -166,7 +170,7 @@ class SplitGuard(Defense):
             raise ValueError(f"threshold must be in [0, 1] (the score's range), got {threshold!r}")
         self.window = check_positive_int("window", window)
         self.decision = check_choice("decision", decision, ("vote", "mean"))
-        self.reference = check_choice("reference", reference, ("local", "all"))
+        self.reference = check_choice("reference", reference, ("fresh", "local", "all"))
         self.alpha = check_positive_float("alpha", alpha)
         self.beta = check_positive_float("beta", beta)
         self.action = check_choice("action", action, ("stop", "flag"))
