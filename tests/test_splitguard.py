@@ -146,7 +146,7 @@ def _fsha_policy(data, gen, steps, depth=2):
 
 def _flag_run(data, rule, malicious, cfg):
     """A flag-mode run (training goes on after an alarm) with the decision rule ``rule``."""
-    d = DEFENSES.create("splitguard", p_fake=0.5, start=0, action="flag", **rule)
+    d = DEFENSES.create("splitguard", p_fake=0.5, start=0, action="flag", reference="local", **rule)
     setup = d.apply(_setup(data, 0, cfg=cfg), torch_generator(0, "defense"))
     gen = torch_generator(0, "t")
     policy = _fsha_policy(data, gen, total_steps(len(data.x_train), cfg)) if malicious else None
@@ -217,7 +217,7 @@ def test_benchmark_records_the_matrix_run(bench, tmp_path):
     toml = tmp_path / "e.toml"
     toml.write_text('[experiment]\ndatasets = ["digits"]\nn_train = 600\nn_test = 100\nn_aux = 100\n'
                     '[train]\nepochs = 1\nbatch_size = 32\nrecord_steps = 1\n')
-    sg = {"p_fake": 0.5, "start": 0, "action": "flag"}
+    sg = {"p_fake": 0.5, "start": 0, "action": "flag", "reference": "local"}  # what the recorder runs
     specs = bench.specs(bench.experiment(toml, [0], sg))
     spec = specs[("honest", 0)]
     (cell,) = run_group([spec], GroupContext())
@@ -227,3 +227,17 @@ def test_benchmark_records_the_matrix_run(bench, tmp_path):
     assert len(rec["scores"]) == cell.cost["sg_scores"] >= 3
     assert rec["online_alarm"] == cell.cost["sg_detected_at"]
     assert sum(rec["scores"]) / len(rec["scores"]) == cell.cost["sg_score_mean"]
+
+
+def test_benchmark_derives_fresh_scores_from_a_local_recording(tiny_data, bench):
+    """Training does not depend on the reference in flag mode, so the benchmark records 'local' (every
+    fake batch scored) and derives what a 'fresh' monitor scores; both monitors, run online, agree."""
+    cfg = TrainConfig(epochs=1, batch_size=32, record_steps=1, max_steps=19)
+    mons = {}
+    for ref in ("local", "fresh"):
+        d = DEFENSES.create("splitguard", p_fake=0.5, start=0, action="flag", reference=ref)
+        train(d.apply(_setup(tiny_data, 0, cfg=cfg), torch_generator(0, "defense")), tiny_data, torch_generator(0, "t"))
+        mons[ref] = d.monitor
+    local, fresh = mons["local"], mons["fresh"]
+    assert local.fake_steps == fresh.fake_steps and len(fresh.scores) < len(local.scores)
+    assert bench.fresh_subset(local.scores, local.score_steps, 19) == (fresh.scores, fresh.score_steps)
