@@ -7,7 +7,7 @@ import torch
 
 from arena.attacks import ATTACKS, PolicyContext
 from arena.defenses import DEFENSES
-from arena.defenses.splitguard import _Running, splitguard_score
+from arena.defenses.splitguard import _Running, alarm, first_alarm, splitguard_score
 from arena.models import build_model
 from arena.protocol.train import make_setup, total_steps, train
 from arena.records import Scenario, TrainConfig
@@ -133,3 +133,111 @@ def test_bad_parameters_raise(kw, needle):
 def test_needs_the_vanilla_setup(tiny_data):
     with pytest.raises(ValueError, match="vanilla"):
         DEFENSES.create("splitguard").apply(_setup(tiny_data, setup="u-shaped"), torch_generator(0, "d"))
+
+
+# ---------------------------------------------------------------- the offline judge is the online monitor
+
+def _fsha_policy(data, gen, steps, depth=2):
+    return ATTACKS.create("fsha").server_policy(PolicyContext(
+        input_shape=data.shape, num_classes=10, client_arch=lambda: split(build_model(
+            "lenet", data.shape, 10), depth).client, aux=(data.x_aux, data.y_aux),
+        generator=gen, device="cpu", total_steps=steps))
+
+
+def _flag_run(data, rule, malicious, cfg):
+    """A flag-mode run (training goes on after an alarm) with the decision rule ``rule``."""
+    d = DEFENSES.create("splitguard", p_fake=0.5, start=0, action="flag", reference="local", **rule)
+    setup = d.apply(_setup(data, 0, cfg=cfg), torch_generator(0, "defense"))
+    gen = torch_generator(0, "t")
+    policy = _fsha_policy(data, gen, total_steps(len(data.x_train), cfg)) if malicious else None
+    train(setup, data, gen, policy=policy)
+    return d.monitor
+
+
+@pytest.mark.parametrize("malicious", [False, True])
+def test_offline_rule_reproduces_the_online_monitor(tiny_data, malicious):
+    """Scores do not depend on the decision rule (flag mode), and `first_alarm` on the scores one
+    monitor recorded gives the alarm step another rule's monitor raised online: rules can be
+    judged on recorded runs (benchmarks/splitguard_calibration.py)."""
+    cfg = TrainConfig(epochs=1, batch_size=32, record_steps=1, max_steps=12 if malicious else 19)
+    rules = [{"threshold": 0.5, "window": 5, "decision": "vote"}, {"threshold": 0.9, "window": 1, "decision": "vote"},
+             {"threshold": 0.6, "window": 3, "decision": "mean"},
+             {k: getattr(DEFENSES.create("splitguard"), k) for k in ("threshold", "window", "decision")}]
+    monitors = [_flag_run(tiny_data, r, malicious, cfg) for r in rules]
+    ref = monitors[0]
+    assert len(ref.scores) >= 4
+    for rule, m in zip(rules, monitors):
+        assert m.scores == ref.scores and m.score_steps == ref.score_steps
+        assert first_alarm(ref.scores, ref.score_steps, **rule) == m.detected_at
+    fired = [m.detected_at for m in monitors if m.detected_at is not None]
+    assert fired or not malicious  # not vacuous: the eager rule fires on a hijacked run
+    if malicious:
+        assert monitors[1].detected_at is not None
+
+
+def test_alarm_rules():
+    assert not alarm([0.1, 0.1], 0.5, 5, "vote")  # two of five: no majority yet
+    assert alarm([0.9, 0.1, 0.1, 0.1], 0.5, 5, "vote")  # three below: a majority of five already
+    assert not alarm([0.1, 0.1, 0.1, 0.9, 0.9, 0.9], 0.5, 5, "vote")  # only the last five count
+    assert not alarm([0.0] * 4, 0.5, 5, "mean") and alarm([0.0] * 5, 0.5, 5, "mean")  # mean: a full window
+    assert not alarm([0.5] * 5, 0.5, 5, "vote")  # strictly below
+    assert first_alarm([0.9, 0.2, 0.1, 0.3], [10, 12, 19, 30], 0.5, 3, "vote") == 19
+    assert first_alarm([0.9, 0.9], [1, 2], 0.5, 3, "vote") is None
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "splitguard_calibration.py"
+    spec = importlib.util.spec_from_file_location("splitguard_calibration_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("decision", ["vote", "mean"])
+def test_benchmark_critical_values_match_the_rule(bench, decision):
+    """The benchmark's search reads a rule's alarm off critical values: alarm ⇔ threshold > critical."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        scores = [round(float(x), 2) for x in torch.rand(int(torch.randint(1, 15, (1,), generator=g)), generator=g)]
+        for window in (1, 2, 3, 4, 5, 7):
+            crit = bench.critical(scores, window, decision)
+            for t in (0.0, 0.1, 0.25, 0.3, 0.5, 0.77, 1.0):
+                for i in range(len(scores)):
+                    assert alarm(scores[:i + 1], t, window, decision) == (t > crit[i])
+
+
+def test_benchmark_records_the_matrix_run(bench, tmp_path):
+    """The benchmark's recorder trains exactly the run `runner.run_group` trains for the cell."""
+    from arena.run.runner import GroupContext, run_group
+
+    toml = tmp_path / "e.toml"
+    toml.write_text('[experiment]\ndatasets = ["digits"]\nn_train = 600\nn_test = 100\nn_aux = 100\n'
+                    '[train]\nepochs = 1\nbatch_size = 32\nrecord_steps = 1\n')
+    sg = {"p_fake": 0.5, "start": 0, "action": "flag", "reference": "local"}  # what the recorder runs
+    specs = bench.specs(bench.experiment(toml, [0], sg))
+    spec = specs[("honest", 0)]
+    (cell,) = run_group([spec], GroupContext())
+    rec = bench.record(spec, "honest", None, None)
+    assert cell.status == "ok" and rec["test_acc"] == cell.utility["test_acc"]
+    assert rec["steps_run"] == cell.cost["train_steps"] == 19
+    assert len(rec["scores"]) == cell.cost["sg_scores"] >= 3
+    assert rec["online_alarm"] == cell.cost["sg_detected_at"]
+    assert sum(rec["scores"]) / len(rec["scores"]) == cell.cost["sg_score_mean"]
+
+
+def test_benchmark_derives_fresh_scores_from_a_local_recording(tiny_data, bench):
+    """Training does not depend on the reference in flag mode, so the benchmark records 'local' (every
+    fake batch scored) and derives what a 'fresh' monitor scores; both monitors, run online, agree."""
+    cfg = TrainConfig(epochs=1, batch_size=32, record_steps=1, max_steps=19)
+    mons = {}
+    for ref in ("local", "fresh"):
+        d = DEFENSES.create("splitguard", p_fake=0.5, start=0, action="flag", reference=ref)
+        train(d.apply(_setup(tiny_data, 0, cfg=cfg), torch_generator(0, "defense")), tiny_data, torch_generator(0, "t"))
+        mons[ref] = d.monitor
+    local, fresh = mons["local"], mons["fresh"]
+    assert local.fake_steps == fresh.fake_steps and len(fresh.scores) < len(local.scores)
+    assert bench.fresh_subset(local.scores, local.score_steps, 19) == (fresh.scores, fresh.score_steps)

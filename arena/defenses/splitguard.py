@@ -84,6 +84,25 @@ def splitguard_score(fake: _Running, r1: _Running, r2: _Running, alpha: float = 
     return (1.0 / (1.0 + math.exp(-alpha * s))) ** beta
 
 
+def alarm(scores: list[float], threshold: float, window: int, decision: str) -> bool:
+    """Whether the decision rule fires on a score sequence, judged at its last score."""
+    recent = scores[-window:]
+    if decision == "vote":  # most of the last `window` scores below the threshold
+        return sum(x < threshold for x in recent) > window // 2
+    # "mean": the mean of the last `window` scores below the threshold
+    return len(recent) == window and sum(recent) / len(recent) < threshold
+
+
+def first_alarm(scores: list[float], steps: list[int], threshold: float, window: int, decision: str) -> int | None:
+    """The step at which a monitor with this rule raises its alarm, from the scores it recorded
+    (``scores``/``score_steps``); None: never. Offline, so candidate rules need no new training run,
+    and exactly the online monitor's decision (same function, tested)."""
+    for i in range(len(scores)):
+        if alarm(scores[max(0, i + 1 - window):i + 1], threshold, window, decision):
+            return steps[i]
+    return None
+
+
 class SplitGuardMonitor:
     """The client-side state of one training run (protocol.ClientMonitor)."""
 
@@ -94,6 +113,7 @@ class SplitGuardMonitor:
         self.last_regular: list[torch.Tensor] = []  # the two most recent regular gradients ("local")
         self.scores: list[float] = []
         self.score_steps: list[int] = []
+        self.fake_steps: list[int] = []  # every fake batch from `start` on, scored or not
         self.detected_at: int | None = None
 
     def labels(self, y: torch.Tensor, step: int) -> tuple[torch.Tensor, bool]:
@@ -112,23 +132,21 @@ class SplitGuardMonitor:
             self.last_regular = [*self.last_regular[-1:], v]
             return
         self.fake.add(v)
-        if self.d.reference == "local":  # this fake batch against the two regular batches just before it
+        self.fake_steps.append(step)
+        if self.d.reference in ("fresh", "local"):  # this fake batch against the two regular batches just before it
             if len(self.last_regular) < 2:
                 return
             f, r1, r2 = _Running(), _Running(), _Running()
             f.add(v), r1.add(self.last_regular[-1]), r2.add(self.last_regular[-2])
+            if self.d.reference == "fresh":  # each regular batch in one score at most
+                self.last_regular = []
         elif self.r1.n == 0 or self.r2.n == 0:
             return
         else:  # the authors' code: every fake batch so far against every regular batch, split at random
             f, r1, r2 = self.fake, self.r1, self.r2
         self.scores.append(splitguard_score(f, r1, r2, self.d.alpha, self.d.beta))
         self.score_steps.append(step)
-        recent = self.scores[-self.d.window:]
-        if self.d.decision == "vote":  # most of the last `window` scores below the threshold
-            alarm = sum(x < self.d.threshold for x in recent) > self.d.window // 2
-        else:  # "mean": the mean of the last `window` scores below the threshold
-            alarm = len(recent) == self.d.window and sum(recent) / len(recent) < self.d.threshold
-        if alarm and self.detected_at is None:
+        if self.detected_at is None and alarm(self.scores, self.d.threshold, self.d.window, self.d.decision):
             self.detected_at = step
             self.stop = self.d.action == "stop"
 
@@ -139,8 +157,8 @@ class SplitGuard(Defense):
     setups = ("vanilla",)
     paper = "Erdogan, Küpçü, Çiçek, WPES 2022: SplitGuard detects training hijacking with fake-label batches"
 
-    def __init__(self, p_fake: float = 0.1, start: int = 10, threshold: float = 0.5, window: int = 5,
-                 decision: str = "vote", reference: str = "local", alpha: float = 5.0, beta: float = 2.0,
+    def __init__(self, p_fake: float = 0.1, start: int = 10, threshold: float = 0.4, window: int = 7,
+                 decision: str = "vote", reference: str = "fresh", alpha: float = 5.0, beta: float = 2.0,
                  action: str = "stop", **rest: Any) -> None:
         super().__init__(**rest)
         self.p_fake = check_positive_float("p_fake", p_fake, allow_zero=True)
@@ -152,7 +170,7 @@ class SplitGuard(Defense):
             raise ValueError(f"threshold must be in [0, 1] (the score's range), got {threshold!r}")
         self.window = check_positive_int("window", window)
         self.decision = check_choice("decision", decision, ("vote", "mean"))
-        self.reference = check_choice("reference", reference, ("local", "all"))
+        self.reference = check_choice("reference", reference, ("fresh", "local", "all"))
         self.alpha = check_positive_float("alpha", alpha)
         self.beta = check_positive_float("beta", beta)
         self.action = check_choice("action", action, ("stop", "flag"))
