@@ -224,7 +224,7 @@ def record_all(args) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------- judging rules offline
 
 RULE_KEYS = ("threshold", "window", "decision")
-CURRENT = {"reference": "local", "threshold": 0.5, "window": 5, "decision": "vote"}  # the rule before calibration
+CURRENT = {"reference": "local", "threshold": 0.5, "window": 5, "decision": "vote"}  # the toy-scale rule, before this
 
 
 def fresh_subset(scores: list[float], steps: list[int], steps_run: int) -> tuple[list[float], list[int]]:
@@ -321,7 +321,7 @@ def _row(label: str, p_fake: float, seeds: str, j: dict[str, Any]) -> str:
     fa = f"{j['fa']}/{j['n_honest']}" + (f" (at {', '.join(map(str, j['fa_steps'][:3]))}"
                                          f"{', ...' if j['fa'] > 3 else ''})" if j["fa"] else "")
     low = f"{j['honest_lows'][0]:.3f}" if j["honest_lows"] else "-"
-    return (f"{label:<32} {p_fake:>6g} {seeds:>6}  {fa:<24} {j['fa_upper']:>6.3f}  {low:>6}  "
+    return (f"{label:<32} {p_fake:>6g} {seeds:>6}  {fa:<31} {j['fa_upper']:>6.3f}  {low:>6}  "
             f"{j['det']:>3}/{j['n_fsha']:<3} {j['det_lower']:>6.3f}  {_steps(j['det_steps'])}")
 
 
@@ -410,6 +410,7 @@ def report(args, runs: dict[str, dict], load0, wall: float) -> str:
         f"fresh_subset); fsha runs capped at {args.fsha_cap} steps (undetected by then: a miss); calibration "
         f"seeds {_seed_text(args.seeds)}" + (f", held out {_seed_text(args.holdout)} (p_fake {args.p_fake[0]:g})"
                                              if args.holdout else ""),
+        *(f"# {n}" for n in args.note),
         "",
     ]
     walls = {k: [r["wall_s"] for (kind, _), rs in by.items() if kind == k for r in rs] for k in KINDS}
@@ -426,13 +427,13 @@ def report(args, runs: dict[str, dict], load0, wall: float) -> str:
     out.append(f"self-check: first_alarm on the recorded scores gives the online monitor's alarm step in "
                f"{len(checked) - len(bad)}/{len(checked)} recordings" + (f" (MISMATCH: {bad})" if bad else ""))
     out.append("")
-    head = (f"{'rule':<32} {'p_fake':>6} {'seeds':>6}  {'honest false alarms':<24} {'FA≤95%':>6}  {'lowest':>6}  "
+    head = (f"{'rule':<32} {'p_fake':>6} {'seeds':>6}  {'honest false alarms':<31} {'FA≤95%':>6}  {'lowest':>6}  "
             f"{'FSHA':<7} {'det≥95%':>6}  detection step median [range]")
     out += ["## Rules: false alarms in honest runs (to the end), FSHA detections by the cap",
             "FA≤95%: exact (Clopper–Pearson) one-sided 95% upper bound of the false-alarm rate; det≥95%: lower "
             "bound of the detection rate; lowest: the lowest honest critical value (any threshold above it "
             "raises a false alarm)", head, "-" * len(head)]
-    for label, rule in (("current: " + rule_name(CURRENT), CURRENT), ("calibrated: " + rule_name(calibrated), calibrated)):
+    for label, rule in (("previous: " + rule_name(CURRENT), CURRENT), ("calibrated: " + rule_name(calibrated), calibrated)):
         for p in args.p_fake:
             h, f = by.get(("honest", p), []), by.get(("fsha", p), [])
             splits = [("calib", cal), ("held", hold), ("all", cal | hold)] if hold and p == args.p_fake[0] \
@@ -504,6 +505,8 @@ def parse(argv: list[str] | None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", type=Path, default=ROOT / "results" / "splitguard_calibration" / "runs.jsonl")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's header (e.g. how and "
+                    "where the recordings were made, when this invocation only reports)")
     args = ap.parse_args(argv)
     if args.start is None:
         from arena.defenses.splitguard import SplitGuard

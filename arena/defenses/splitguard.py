@@ -53,9 +53,10 @@ each rule judged offline by `first_alarm`, the monitor's own decision:
   rate ≥ 0.928 (95%). The toy-scale rule on the same 40 seeds: 3/40 false alarms.
   The rule was chosen as the earliest-detecting one (median step, then latest) whose threshold
   is at least 0.25 below every honest run's lowest critical value (the threshold above which that
-  run would have alarmed; here 0.685): rules closer to the honest runs detect a little earlier
-  (fresh, 3 of 5 < 0.4: median 57.5, but 0.15 below two honest runs), and the p_fake 0.2 runs
-  show how heavy the honest tail is (stretches of low scores, critical values down to 0.06).
+  run would have alarmed; here 0.685; 4 of 6 ties with it on both sets of seeds). Rules closer
+  to the honest runs detect a little earlier (fresh, 3 of 5 < 0.4: median 57.5, but only 0.15
+  below two honest runs), and the p_fake 0.2 runs show how heavy the honest tail is (stretches
+  of low scores, critical values down to 0.06), so the margin is worth ~15 steps.
 * p_fake 0.1, not 0.2: at 0.2 no rule keeps even 0.1 of margin while detecting FSHA, and the fake
   batches cost more accuracy.
 
