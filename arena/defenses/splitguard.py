@@ -138,7 +138,7 @@ class SplitGuardMonitor:
         self.d, self.k, self.gen = d, num_classes, gen
         self.stop = False
         self.fake, self.r1, self.r2 = _Running(), _Running(), _Running()
-        self.last_regular: list[torch.Tensor] = []  # the two most recent regular gradients ("local")
+        self.last_regular: list[torch.Tensor] = []  # the two most recent regular gradients ("local", "fresh")
         self.scores: list[float] = []
         self.score_steps: list[int] = []
         self.fake_steps: list[int] = []  # every fake batch from `start` on, scored or not
