@@ -2,17 +2,20 @@
 server, detection of FSHA, and the accuracy cost of the fake batches.
 
 Each run is recorded once, with the monitor in ``action = "flag"`` (training goes on after an
-alarm) and every score kept (``scores``/``score_steps``); a decision rule (threshold, window,
+alarm), ``reference = "local"`` (every fake batch scored) and every score kept
+(``scores``/``score_steps``); a decision rule (reference "local" or "fresh", threshold, window,
 decision) is then judged offline on the recorded sequences with ``splitguard.first_alarm``, the
-function the online monitor itself calls, so trying a rule costs no training. The fake batches
-(``p_fake``, ``start``) shape the run, so each (p_fake, start) needs its own recordings.
+function the online monitor itself calls, so trying a rule costs no training ("fresh" scores are
+a subset of the "local" ones: `fresh_subset`). The fake batches (``p_fake``, ``start``) shape the
+run, so each (p_fake, start) needs its own recordings. ``--holdout`` seeds are recorded at the
+first p_fake only and reported apart: a check of a rule chosen on ``--seeds``.
 
 Runs are built exactly as the matrix builds the cells of the experiment (default
 experiments/quick.toml: its dataset, depth, [train], n_aux, and its fsha entry's parameters), with
 the splitguard entry given here: same data, initialisation, data order, defense and policy
 generators as ``python -m arena.matrix`` would use for that cell, and ``protocol.train`` to train.
 
-* honest: the `none`-attack training run of the cell (an honest server), to the end;
+* honest: the training run of the honest cells (mean-image's) with splitguard, to the end;
 * fsha:   the malicious server, stopped at ``--fsha-cap`` steps (the scores up to there are the
           scores of the uncapped run: the cap only ends training); a rule that has not fired by
           then counts as a miss;
@@ -20,10 +23,13 @@ generators as ``python -m arena.matrix`` would use for that cell, and ``protocol
 
 Recordings go to ``--runs`` (JSONL, one line per run); a rerun only trains what is missing, so
 ``--only fsha`` after a change to FSHA (with ``--fresh fsha`` to drop its old recordings) redoes
-just that part. The table compares the rule at ``--current`` with the calibrated defaults.
+just that part. The table compares the rule used before this calibration (``CURRENT``) with the
+class defaults, and lists the earliest-detecting rules at several margins (`search`).
 
     ARENA_DATA=/work/shared/data python benchmarks/splitguard_calibration.py --workers 2 \\
-        --out results/reference/splitguard_calibration.txt
+        --holdout 20-39 --out results/reference/splitguard_calibration.txt      # ~2.5 h on 2 busy cores
+    # FSHA's part again after a change to FSHA (40 runs of 300 steps; the honest recordings are kept):
+    ... --only fsha --fresh fsha --p-fake 0.1 --holdout 20-39 --out results/reference/splitguard_calibration.txt
 """
 from __future__ import annotations
 
@@ -122,7 +128,7 @@ def record(spec, kind: str, cap: int | None, data_dir: str | None) -> dict[str, 
     res = train(defended, data, gen, "cpu", policy=policy, progress=progress)
     out = {"kind": kind, "seed": sc.seed, "cap": cap, "steps_run": res.cost["train_steps"],
            "steps_total": total_steps(len(data.x_train), defended.config), "test_acc": res.test_acc,
-           "wall_s": round(time.perf_counter() - t0, 1)}
+           "wall_s": round(time.perf_counter() - t0, 1), "load1": os.getloadavg()[0]}
     if monitor is not None:
         d = defense
         out |= {"rule": {"threshold": d.threshold, "window": d.window, "decision": d.decision},
@@ -218,7 +224,7 @@ def record_all(args) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------- judging rules offline
 
 RULE_KEYS = ("threshold", "window", "decision")
-CURRENT = {"reference": "local", "threshold": 0.5, "window": 5, "decision": "vote"}  # the rule before calibration
+CURRENT = {"reference": "local", "threshold": 0.5, "window": 5, "decision": "vote"}  # the toy-scale rule, before this
 
 
 def fresh_subset(scores: list[float], steps: list[int], steps_run: int) -> tuple[list[float], list[int]]:
@@ -315,7 +321,7 @@ def _row(label: str, p_fake: float, seeds: str, j: dict[str, Any]) -> str:
     fa = f"{j['fa']}/{j['n_honest']}" + (f" (at {', '.join(map(str, j['fa_steps'][:3]))}"
                                          f"{', ...' if j['fa'] > 3 else ''})" if j["fa"] else "")
     low = f"{j['honest_lows'][0]:.3f}" if j["honest_lows"] else "-"
-    return (f"{label:<32} {p_fake:>6g} {seeds:>6}  {fa:<24} {j['fa_upper']:>6.3f}  {low:>6}  "
+    return (f"{label:<32} {p_fake:>6g} {seeds:>6}  {fa:<31} {j['fa_upper']:>6.3f}  {low:>6}  "
             f"{j['det']:>3}/{j['n_fsha']:<3} {j['det_lower']:>6.3f}  {_steps(j['det_steps'])}")
 
 
@@ -404,12 +410,16 @@ def report(args, runs: dict[str, dict], load0, wall: float) -> str:
         f"fresh_subset); fsha runs capped at {args.fsha_cap} steps (undetected by then: a miss); calibration "
         f"seeds {_seed_text(args.seeds)}" + (f", held out {_seed_text(args.holdout)} (p_fake {args.p_fake[0]:g})"
                                              if args.holdout else ""),
+        *(f"# {n}" for n in args.note),
         "",
     ]
     walls = {k: [r["wall_s"] for (kind, _), rs in by.items() if kind == k for r in rs] for k in KINDS}
     steps = sorted({r["steps_total"] for rs in by.values() for r in rs})
+    loads = [r["load1"] for rs in by.values() for r in rs if "load1" in r]
     out.append(f"runs: {', '.join(f'{len(v)} {k}' for k, v in walls.items() if v)}; {steps} steps per run; "
-               f"mean wall {', '.join(f'{k} {statistics.mean(v):.0f} s' for k, v in walls.items() if v)}")
+               f"mean wall {', '.join(f'{k} {statistics.mean(v):.0f} s' for k, v in walls.items() if v)}"
+               + (f"; 1-min load average at the end of a run {min(loads):.1f}..{max(loads):.1f} "
+                  f"({len(loads)} runs)" if loads else ""))
     # the offline judge is the online monitor: every recording's online alarm must come out again
     checked = [r for rs in by.values() for r in rs if "scores" in r]
     bad = [(r["kind"], r["seed"]) for r in checked if first_alarm(
@@ -417,13 +427,13 @@ def report(args, runs: dict[str, dict], load0, wall: float) -> str:
     out.append(f"self-check: first_alarm on the recorded scores gives the online monitor's alarm step in "
                f"{len(checked) - len(bad)}/{len(checked)} recordings" + (f" (MISMATCH: {bad})" if bad else ""))
     out.append("")
-    head = (f"{'rule':<32} {'p_fake':>6} {'seeds':>6}  {'honest false alarms':<24} {'FA≤95%':>6}  {'lowest':>6}  "
+    head = (f"{'rule':<32} {'p_fake':>6} {'seeds':>6}  {'honest false alarms':<31} {'FA≤95%':>6}  {'lowest':>6}  "
             f"{'FSHA':<7} {'det≥95%':>6}  detection step median [range]")
     out += ["## Rules: false alarms in honest runs (to the end), FSHA detections by the cap",
             "FA≤95%: exact (Clopper–Pearson) one-sided 95% upper bound of the false-alarm rate; det≥95%: lower "
             "bound of the detection rate; lowest: the lowest honest critical value (any threshold above it "
             "raises a false alarm)", head, "-" * len(head)]
-    for label, rule in (("current: " + rule_name(CURRENT), CURRENT), ("calibrated: " + rule_name(calibrated), calibrated)):
+    for label, rule in (("previous: " + rule_name(CURRENT), CURRENT), ("calibrated: " + rule_name(calibrated), calibrated)):
         for p in args.p_fake:
             h, f = by.get(("honest", p), []), by.get(("fsha", p), [])
             splits = [("calib", cal), ("held", hold), ("all", cal | hold)] if hold and p == args.p_fake[0] \
@@ -495,6 +505,8 @@ def parse(argv: list[str] | None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", type=Path, default=ROOT / "results" / "splitguard_calibration" / "runs.jsonl")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's header (e.g. how and "
+                    "where the recordings were made, when this invocation only reports)")
     args = ap.parse_args(argv)
     if args.start is None:
         from arena.defenses.splitguard import SplitGuard

@@ -27,6 +27,11 @@ def _setup(data, seed=0, depth=2, cfg=CFG, setup="vanilla"):
     return make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
 
 
+# The default decision rule was calibrated at realistic scale (2,580 steps, p_fake 0.1: see the
+# module's docstring); a 95-step toy run sends 3x more fake batches so a 7-score vote has scores to count.
+TOY = {"p_fake": 0.3}
+
+
 def _guarded(data, seed=0, **kw):
     d = DEFENSES.create("splitguard", **kw)
     return d, d.apply(_setup(data, seed), torch_generator(seed, "defense"))
@@ -46,13 +51,13 @@ def test_strength_zero_is_the_plain_protocol(tiny_data):
             assert torch.equal(oa.smashed, ob.smashed) and torch.equal(oa.labels, ob.labels)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", range(5))
 def test_no_alarm_against_an_honest_server(tiny_data_seeded, seed):
     data = tiny_data_seeded(seed)
-    d, setup = _guarded(data, seed)
+    d, setup = _guarded(data, seed, **TOY)
     res = train(setup, data, torch_generator(seed, "t"))
     r = d.report()
-    assert r["sg_fake_batches"] >= 3 and r["sg_scores"] >= 3, r
+    assert r["sg_scores"] >= d.window, r  # enough scores for the vote to fire
     assert r["sg_alarm"] == 0 and r["sg_detected_at"] is None, r
     assert res.cost["train_steps"] == 95 and res.test_acc > 0.6
     assert r["sg_score_mean"] > 0.9
@@ -72,7 +77,7 @@ def tiny_data_seeded():
 
 
 def test_detects_fsha_and_stops_training(tiny_data):
-    d, setup = _guarded(tiny_data)
+    d, setup = _guarded(tiny_data, **TOY)
     attack = ATTACKS.create("fsha")
     gen = torch_generator(0, "t")
     policy = attack.server_policy(PolicyContext(
