@@ -46,20 +46,22 @@ class CellSpec:
     n_aux: int = 1000
     deny: tuple[str, ...] = ()  # capabilities the experiment's threat model denies (sorted values)
 
+    def training_scenario(self) -> dict[str, Any]:
+        """The scenario of the training run: without record_steps (what an attack observes, not how
+        the model trains), and in the setup the defense turns this one into (he: vanilla -> u-shaped)."""
+        k = self.scenario.training_key()
+        converts = getattr(DEFENSES.get(self.defense.name), "converts_setups", {})
+        k["setup"] = converts.get(k["setup"], k["setup"])
+        return k
+
     def _ident(self, with_attack: bool) -> str:
-        if with_attack:
-            scenario = self.scenario.key()
-        else:  # the training run: a defense that turns this setup into another trains that one
-            scenario = self.scenario.training_key()
-            converts = getattr(DEFENSES.get(self.defense.name), "converts_setups", {})
-            scenario["setup"] = converts.get(scenario["setup"], scenario["setup"])
-        d: dict[str, Any] = {"scenario": scenario, "defense": [self.defense.name, self.defense.params],
-                             "n_aux": self.n_aux}
+        d: dict[str, Any] = {"scenario": self.scenario.key() if with_attack else self.training_scenario(),
+                             "defense": [self.defense.name, self.defense.params], "n_aux": self.n_aux}
         if with_attack:
             d["attack"] = [self.attack.name, self.attack.params]
             if self.deny:  # a denial changes what the attack may use, not the training run
                 d["deny"] = list(self.deny)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return _digest(d)
 
     @property
     def key(self) -> str:
@@ -74,14 +76,17 @@ class CellSpec:
         """What keys the attack's random draws: the cell without its defense (common random numbers:
         under every defense the attack starts from the same draws, so a paired difference is the
         defense's, not the attack's luck)."""
-        d = {"scenario": self.scenario.key(), "attack": [self.attack.name, self.attack.params], "n_aux": self.n_aux,
-             "deny": list(self.deny)}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return _digest({"scenario": self.scenario.key(), "attack": [self.attack.name, self.attack.params],
+                        "n_aux": self.n_aux, "deny": list(self.deny)})
 
     def label(self) -> str:
         s = self.scenario
         return (f"{s.dataset}/d{s.depth}/{s.setup} {self.attack.name}{_fmt(self.attack.kwargs)} "
                 f"vs {self.defense.name}{_fmt(self.defense.kwargs)} seed {s.seed}")
+
+
+def _digest(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _fmt(params: dict[str, Any]) -> str:
@@ -169,11 +174,6 @@ def effective_sizes(n: int, n_train: int | None, n_aux: int, dataset: str = "the
     return min(n - aux if n_train is None else n_train, n - aux), aux
 
 
-def effective_n_train(n: int, n_train: int | None, n_aux: int, dataset: str = "the dataset") -> int:
-    """Private training samples actually used (see `effective_sizes`)."""
-    return effective_sizes(n, n_train, n_aux, dataset)[0]
-
-
 def load_data(sc: Scenario, n_aux: int, data_dir: str | None) -> Data:
     """The private training subset, a disjoint auxiliary subset (both from the training split) and
     the test subset, by seed. Private, auxiliary and test data never overlap: a dataset with fewer
@@ -212,9 +212,7 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
                                                                                   record_steps=rec)))
     sc = first.scenario
     # the data order of the training run, which a setup-converting defense (he) shares across setups
-    order_key = json.loads(json.dumps(sc.training_key(), default=str))
-    order_key["setup"] = getattr(DEFENSES.get(first.defense.name), "converts_setups", {}).get(sc.setup, sc.setup)
-    order_key = json.dumps(order_key, sort_keys=True)
+    order_key = json.dumps(first.training_scenario(), sort_keys=True, default=str)
     attacks = [ATTACKS.create(s.attack.name, **s.attack.kwargs) for s in specs]
     try:
         data = load_data(sc, first.n_aux, ctx.data_dir)
