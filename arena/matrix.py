@@ -305,11 +305,7 @@ def _outputs(out: Path, quiet: bool) -> bool:
 
 def _cache_dir(a: argparse.Namespace) -> Path | None:
     """The trained-model cache's folder for this run (None: off)."""
-    if a.no_model_cache:
-        return None
-    if a.model_cache is not None:
-        return None if a.model_cache.strip().lower() in model_cache.OFF else Path(a.model_cache).expanduser()
-    return model_cache.default_dir()
+    return None if a.no_model_cache else model_cache.resolve_dir(a.model_cache)
 
 
 def check_data(exp: Experiment, data_dir: str | None, quiet: bool) -> None:

@@ -10,7 +10,7 @@ the `TrainResult`, the cell cost (with the defense's report) and the global rand
 training, which are restored on a hit so that the attacks draw exactly what they would have drawn
 after a fresh training run: cached or not, the same numbers.
 
-On by default, in ``<user cache>/models`` (`default_dir`: ``$ARENA_MODEL_CACHE``, else
+On by default, in ``<user cache>/models`` (`resolve_dir`: ``$ARENA_MODEL_CACHE``, else
 ``$ARENA_CACHE/models``, else ``~/.cache/arena/models``); `python -m arena.matrix --no-model-cache`
 turns it off, ``--model-cache-info`` shows its size and ``--clear-model-cache`` empties it.
 
@@ -48,13 +48,12 @@ NOT_TRAINING = ("attacks/", "scoring/", "report/", "matrix.py", "protocol/view.p
 OFF = ("off", "none", "0", "false", "no")  # $ARENA_MODEL_CACHE / --model-cache values that turn it off
 
 
-def default_dir() -> Path | None:
-    """Where trained models are kept unless told otherwise (not created here); None: turned off
-    (``ARENA_MODEL_CACHE=off``)."""
-    if os.environ.get("ARENA_MODEL_CACHE", "").strip().lower() in OFF and os.environ.get("ARENA_MODEL_CACHE"):
-        return None
-    if os.environ.get("ARENA_MODEL_CACHE"):
-        return Path(os.environ["ARENA_MODEL_CACHE"]).expanduser()
+def resolve_dir(value: str | None = None) -> Path | None:
+    """The cache's folder for a ``--model-cache`` value (None: ``$ARENA_MODEL_CACHE``, else the
+    user cache's ``models``); None when the value turns it off (`OFF`). Not created here."""
+    value = value if value is not None else os.environ.get("ARENA_MODEL_CACHE") or None
+    if value is not None:
+        return None if value.strip().lower() in OFF else Path(value).expanduser()
     from ..data.sources import cache_dir
 
     return cache_dir() / "models"
