@@ -131,10 +131,10 @@ def test_no_default_defense_blocks_a_baseline_where_unsplit_could_run():
         for setup_name in ("vanilla", "u-shaped"):
             sc = Scenario("digits", "lenet", 1, setup=setup_name, seed=0, train=CFG)
             setup = make_setup(sc, build_model("lenet", (1, 28, 28), 10), (1, 28, 28))
-            defended = d.apply(setup, torch_generator(0, "d")) if setup_name in d.setups else setup
-            unsplit = blocked_reason(sc, (), ATTACKS.create("unsplit"), d, defended)
+            defended = d.apply(setup, torch_generator(0, "d")) if d.not_applicable(setup_name, 10) is None else setup
+            unsplit = blocked_reason(sc, (), ATTACKS.create("unsplit"), d, defended, 10)
             for name in ("mean-image", "random-front"):
-                why = blocked_reason(sc, (), ATTACKS.create(name), d, defended)
+                why = blocked_reason(sc, (), ATTACKS.create(name), d, defended, 10)
                 if unsplit is not None and unsplit.startswith(NOT_APPLICABLE):
                     assert why is not None and why.startswith(NOT_APPLICABLE), (e.name, name, why)
                 else:  # unsplit runs here, or is blocked / not evaluated: the baseline runs

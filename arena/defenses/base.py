@@ -28,6 +28,9 @@ class Defense:
     # Setups this defense turns into another one (he: vanilla -> u-shaped). Cells of both setups
     # then train the same defended model, and the runner trains it once for them.
     converts_setups: ClassVar[dict[str, str]] = {}
+    # What the defense protects, in words, for the report (a stack lists its members' ``covers``):
+    # e.g. noise: "each release of the activations"; dp-sgd: "the client's front weights".
+    covers: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -35,6 +38,14 @@ class Defense:
 
     def params(self) -> dict[str, Any]:
         return {}
+
+    def not_applicable(self, setup: str, num_classes: int) -> str | None:
+        """Why this defense means nothing in a cell (None: it applies). Decided up front from the
+        cell's setup and its task's number of classes (Marvell is defined for binary labels only);
+        such a cell is shown as n/a with this reason, never as a defense result."""
+        if setup not in self.setups:
+            return f"defense {self.name} applies to the {' and '.join(self.setups)} setup(s) only"
+        return None
 
     def apply(self, setup: SplitSetup, generator: torch.Generator) -> SplitSetup:
         raise NotImplementedError

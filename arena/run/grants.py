@@ -31,12 +31,12 @@ def granted_capabilities(attack: Attack, setup, deny: tuple[str, ...] = ()) -> f
     return frozenset((attack.requires & setup.capabilities()) - denied) | {Capability.ARCHITECTURE}
 
 
-def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense: Defense, defended
-                   ) -> str | None:
+def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense: Defense, defended,
+                   num_classes: int) -> str | None:
     """Why a cell cannot run (None: it runs). Decided up front, from declarations only."""
-    if sc.setup not in defense.setups:
-        return (f"{NOT_APPLICABLE}defense {defense.name} applies to the {' and '.join(defense.setups)} "
-                f"setup(s) only; {attack.name} runs in {sc.setup}")
+    why = defense.not_applicable(sc.setup, num_classes)
+    if why is not None:
+        return f"{NOT_APPLICABLE}{why}; {attack.name} runs in {sc.setup} ({num_classes} classes)"
     denied = attack.requires & {Capability(d) for d in deny}
     if denied:
         return (f"{DENIED}{attack.name} requires {', '.join(capability_names(denied))}, "

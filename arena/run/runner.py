@@ -220,8 +220,9 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
         model = build_model(sc.model, data.shape, data.num_classes)
         setup = make_setup(sc, model, data.shape)
         defense: Defense = DEFENSES.create(first.defense.name, **first.defense.kwargs)
+        applies = defense.not_applicable(sc.setup, data.num_classes) is None
         defended = defense.apply(setup, torch_generator(sc.seed, "defense", first.defense.name)) \
-            if sc.setup in defense.setups else setup
+            if applies else setup
     except Exception as e:  # noqa: BLE001 - a failing cell is recorded, the run goes on
         for s in specs:
             yield _cell(s, "error", error=_err(e), wall_s=time.perf_counter() - t0)
@@ -230,10 +231,10 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
            "n_train": len(data.x_train), "n_aux": len(data.x_aux)}
     runnable = []
     for s, a in zip(specs, attacks):
-        why = blocked_reason(s.scenario, s.deny, a, defense, defended)
+        why = blocked_reason(s.scenario, s.deny, a, defense, defended, data.num_classes)
         granted = capability_names(granted_capabilities(a, defended, s.deny))
         if why is not None:
-            yield _cell(s, "blocked", reason=why, cost=defense.report() if s.scenario.setup in defense.setups else {},
+            yield _cell(s, "blocked", reason=why, cost=defense.report() if applies else {},
                         effective=eff, granted=granted)
         else:
             runnable.append((s, a))
