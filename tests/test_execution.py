@@ -359,15 +359,17 @@ def test_attacks_that_record_different_steps_share_one_training_run(tmp_path):
 
 def test_a_setup_converting_defense_trains_once_for_both_setups():
     """he turns vanilla into u-shaped: the vanilla and the u-shaped attacks' cells under he are one
-    training run (one group), while undefended they remain two."""
+    training run (one group); so are they undefended (a defense that leaves the label owner alone trains
+    the same weights in both setups: tests/test_shared_runs.py), but not under splitguard (vanilla only)
+    nor for a malicious attack (its own run)."""
     from arena.run.runner import groups
 
     exp = experiment_from_dict({
         "experiment": {"datasets": ["digits"], "depths": [1], "seeds": [0]},
         "attacks": [{"name": "mean-image"}, {"name": "unsplit-label", "setup": "u-shaped", "record_steps": 8}],
-        "defenses": [{"name": "none"}, {"name": "he"}]})
+        "defenses": [{"name": "none"}, {"name": "he"}, {"name": "splitguard"}]})
     by_defense: dict[str, int] = {}
     for g in groups(plan(exp)):
         by_defense[g[0].defense.name] = by_defense.get(g[0].defense.name, 0) + 1
         assert len({s.defense.name for s in g}) == 1
-    assert by_defense == {"none": 2, "he": 1}
+    assert by_defense == {"none": 1, "he": 1, "splitguard": 2}

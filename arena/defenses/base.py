@@ -28,6 +28,10 @@ class Defense:
     # Setups this defense turns into another one (he: vanilla -> u-shaped). Cells of both setups
     # then train the same defended model, and the runner trains it once for them.
     converts_setups: ClassVar[dict[str, str]] = {}
+    # True: the defense changes nothing the label owner does (no cut-gradient, label or tail change), so a
+    # vanilla and a u-shaped run of it train the same weights bit for bit (tests/test_shared_runs.py) and
+    # the runner trains once, u-shaped, for the cells of both (`protocol.derive`). False is always safe.
+    label_owner_neutral: ClassVar[bool] = False
     # What the defense protects, in words, for the report (a stack lists its members' ``covers``):
     # e.g. noise: "each release of the activations"; dp-sgd: "the client's front weights".
     covers: ClassVar[str] = ""

@@ -21,6 +21,7 @@ from .base import Defense, register_defense
 @register_defense
 class NoDefense(Defense):
     name = "none"
+    label_owner_neutral = True  # nothing changes: one run serves vanilla and u-shaped
     paper = "undefended split learning (Gupta & Raskar 2018; Vepakomma et al. 2018)"
 
     def apply(self, setup: SplitSetup, generator: torch.Generator) -> SplitSetup:
@@ -30,6 +31,7 @@ class NoDefense(Defense):
 @register_defense
 class DeeperSplit(Defense):
     name = "deeper-split"
+    label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     paper = "UnSplit (Erdogan et al. 2022) §5.2; He et al. 2019 §6"
 
     def __init__(self, k: int = 2, **rest: Any) -> None:

@@ -110,6 +110,7 @@ def make_private(client: nn.Module, optimizer: torch.optim.Optimizer, loader, *,
 @register_defense
 class DPSGD(Defense):
     name = "dp-sgd"
+    label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     setups = ("vanilla", "u-shaped")
     train_cost = 2.0  # per-sample gradients (scheduling hint, see Defense.train_cost)
     paper = "Abadi et al. 2016 (DP-SGD); Opacus (Yousefpour et al. 2021)"

@@ -128,6 +128,7 @@ def draw_noise(shape: torch.Size, distribution: str, scale: float, gen: torch.Ge
 @register_defense
 class Noise(Defense):
     name = "noise"
+    label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     setups = ("vanilla", "u-shaped")
     paper = "He et al. 2020 (IoTJ) noise on the split output; Titcombe et al. 2021; Balle & Wang 2018"
 

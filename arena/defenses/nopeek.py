@@ -55,6 +55,7 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -
 @register_defense
 class NoPeek(Defense):
     name = "nopeek"
+    label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     setups = ("vanilla", "u-shaped")
     paper = "Vepakomma et al. 2020, NoPeek (distance correlation)"
 

@@ -155,6 +155,7 @@ class TrainResult:
     test_acc: float
     cost: dict[str, Any]
     server_before: nn.Module  # server-owned layers as they were at the first recorded step
+    tail_before: nn.Module | None = None  # the label owner's layers at the same step (None: no tail)
 
 
 def _loader(data: Data, cfg: TrainConfig, gen: torch.Generator):
@@ -208,6 +209,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     transcript, truth = Transcript(setup=owner), Truth()
     watch = Stopwatch()
     server_before: nn.Module | None = None
+    tail_before: nn.Module | None = None
     x_dev, y_dev = data.x_train.to(device), data.y_train.to(device)
     step = 0
     while step < steps and not stopped:
@@ -219,7 +221,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
             x, y = x_dev[idx], y_dev[idx]
             window = record_at.get(step)
             if window == "before" and server_before is None:
-                server_before = copy.deepcopy(sm.server)
+                server_before, tail_before = copy.deepcopy(sm.server), copy.deepcopy(sm.tail)
             obs = _step(setup, sm, client, x, y, defense_gen, watch, policy, step, window is not None)
             for opt in (client_opt, server_opt, tail_opt):
                 if opt is not None:
@@ -247,7 +249,8 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     test_acc = evaluate(sm, data.x_test, data.y_test, device,
                         transform=deployed_transform(setup.test_hooks(), derived_generator(gen, "test")))
     cost = _costs(setup, sm, data, watch, step)  # steps run (fewer if a monitor or the policy stopped training)
-    return TrainResult(sm, transcript, truth, test_acc, cost, server_before or copy.deepcopy(sm.server))
+    return TrainResult(sm, transcript, truth, test_acc, cost, server_before or copy.deepcopy(sm.server),
+                       tail_before if tail_before is not None else copy.deepcopy(sm.tail))
 
 
 def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -314,7 +317,7 @@ def _label_owner(setup: SplitSetup, sm: SplitModel, h: torch.Tensor, y: torch.Te
                  gen: torch.Generator, watch: Stopwatch, obs: Observation, record: bool):
     """The label owner runs its tail, computes the loss and returns the gradient at its input."""
     h_in = h.detach().requires_grad_(True)
-    with watch.time("client"):
+    with watch.time("label_owner"):  # the client's time too (`_costs`); kept apart for `derive.as_vanilla`
         loss = F.cross_entropy(sm.tail(h_in), y)
         loss.backward()
         g = h_in.grad
@@ -322,6 +325,7 @@ def _label_owner(setup: SplitSetup, sm: SplitModel, h: torch.Tensor, y: torch.Te
             g = hook(g, y, gen)
     obs.server_out = h_in.detach()
     obs.cut_grad = g.detach()
+    obs.tail_labels = y
     if record:
         obs.tail_grads = tail_gradients(sm.tail, h_in.detach(), y, setup.label_batch)
     return g, loss
@@ -386,12 +390,14 @@ def _costs(setup: SplitSetup, sm: SplitModel, data: Data, watch: Stopwatch, step
         act = sm.client(torch.zeros(1, *shape, device=p.device))
     n_seen = steps * setup.config.batch_size
     wire = setup.channel.bytes_per_sample(act[0])
+    client_s = watch.seconds.get("client", 0.0) + watch.seconds.get("label_owner", 0.0)
     return {
         "client_flops": flops_per_sample(sm.client, shape) + (
             flops_per_sample(sm.tail, tuple(sm.server(act).shape[1:])) if len(sm.tail) else 0),
-        "client_s": round(watch.seconds.get("client", 0.0), 4),
+        "client_s": round(client_s, 4),
+        "label_owner_s": round(watch.seconds.get("label_owner", 0.0), 4),  # part of client_s
         "server_s": round(watch.seconds.get("server", 0.0), 4),
-        "client_s_per_sample": watch.seconds.get("client", 0.0) / max(n_seen, 1),
+        "client_s_per_sample": client_s / max(n_seen, 1),
         "bytes_per_sample": wire,
         "train_steps": steps,
         "n_train": len(data.x_train),  # with train_steps and the batch size: the privacy accountants' input

@@ -27,6 +27,9 @@ class Observation:
     cut_grad: torch.Tensor | None = None  # gradient the label owner returned, per example
     tail_grads: list[dict[str, torch.Tensor]] | None = None  # label owner's parameter gradients per group
     server_grads: dict[str, torch.Tensor] | None = None  # server-part gradients sent to the server (he)
+    # the labels the label owner used this step (u-shaped, label-only). Never part of a view (not a
+    # message to the server): it lets the runner derive what a vanilla server of the same run was sent
+    tail_labels: torch.Tensor | None = None
 
     def detached(self) -> "Observation":
         def d(t):
@@ -38,6 +41,7 @@ class Observation:
             tail_grads=None if self.tail_grads is None else
             [{k: d(v) for k, v in g.items()} for g in self.tail_grads],
             server_grads=None if self.server_grads is None else {k: d(v) for k, v in self.server_grads.items()},
+            tail_labels=d(self.tail_labels),
         )
 
 

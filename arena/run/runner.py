@@ -28,6 +28,7 @@ from ..data.sources import load_dataset
 from ..defenses import DEFENSES, Defense
 from .model_cache import cache_key, cached_training
 from ..models import build_model
+from ..protocol.derive import as_vanilla, vanilla_cost
 from ..protocol.train import Data, TrainResult, make_setup, total_steps, train
 from ..protocol.transcript import resolve
 from ..records import Capability, Cell, Scenario
@@ -50,9 +51,22 @@ class CellSpec:
         """The scenario of the training run: without record_steps (what an attack observes, not how
         the model trains), and in the setup the defense turns this one into (he: vanilla -> u-shaped)."""
         k = self.scenario.training_key()
-        converts = getattr(DEFENSES.get(self.defense.name), "converts_setups", {})
-        k["setup"] = converts.get(k["setup"], k["setup"])
+        k["setup"] = self.training_setup()
         return k
+
+    def training_setup(self) -> str:
+        """The setup the training run uses: the one the defense turns this cell's into (he: vanilla ->
+        u-shaped), or u-shaped for a vanilla cell whose defense leaves the label owner alone (the same
+        weights bit for bit: `protocol.derive`), unless a malicious attack imposes its own training."""
+        cls = DEFENSES.get(self.defense.name)
+        setup = self.scenario.setup
+        converted = getattr(cls, "converts_setups", {}).get(setup)
+        if converted is not None:
+            return converted
+        if (setup == "vanilla" and getattr(cls, "label_owner_neutral", False) and "u-shaped" in cls.setups
+                and not getattr(ATTACKS.get(self.attack.name), "malicious", False)):
+            return "u-shaped"
+        return setup
 
     def _ident(self, with_attack: bool) -> str:
         d: dict[str, Any] = {"scenario": self.scenario.key() if with_attack else self.training_scenario(),
@@ -211,31 +225,64 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     first = replace(specs[0], scenario=replace(specs[0].scenario, train=replace(specs[0].scenario.train,
                                                                                   record_steps=rec)))
     sc = first.scenario
-    # the data order of the training run, which a setup-converting defense (he) shares across setups
-    order_key = json.dumps(first.training_scenario(), sort_keys=True, default=str)
-    attacks = [ATTACKS.create(s.attack.name, **s.attack.kwargs) for s in specs]
+    # the data order of the training run: the same in every setup of a scenario (so one run can serve
+    # several, `protocol.derive`, and the setups of one scenario are paired too) and under every defense
+    order_key = json.dumps({k: v for k, v in first.training_scenario().items() if k != "setup"},
+                           sort_keys=True, default=str)
+    # a defense that leaves the label owner alone trains vanilla cells' model u-shaped (`protocol.derive`)
+    converts = bool(getattr(DEFENSES.get(first.defense.name), "converts_setups", {}))
+    train_sc = sc if converts else replace(sc, setup=first.training_setup())
     try:
         data = load_data(sc, first.n_aux, ctx.data_dir)
         seed_everything(sc.seed, "model-init", sc.dataset, sc.model)
         model = build_model(sc.model, data.shape, data.num_classes)
-        setup = make_setup(sc, model, data.shape)
-        defense: Defense = DEFENSES.create(first.defense.name, **first.defense.kwargs)
-        applies = defense.not_applicable(sc.setup, data.num_classes) is None
-        defended = defense.apply(setup, torch_generator(sc.seed, "defense", first.defense.name)) \
-            if applies else setup
     except Exception as e:  # noqa: BLE001 - a failing cell is recorded, the run goes on
         for s in specs:
             yield _cell(s, "error", error=_err(e), wall_s=time.perf_counter() - t0)
         return
-    eff = {"depth": defended.depth, "setup": defended.scenario.setup, "label_layers": defended.label_layers,
-           "n_train": len(data.x_train), "n_aux": len(data.x_aux)}
+    sides: dict[str, tuple[Defense, Any, bool]] = {}  # cell setup -> (defense, defended setup, applies)
+    failed: dict[str, BaseException] = {}  # cell setup -> why its setup cannot be built (e.g. the depth)
+    for setup_name in dict.fromkeys([train_sc.setup] + [s.scenario.setup for s in specs]):
+        if converts and setup_name != train_sc.setup:
+            continue  # he: every setup's cells are the converted one's
+        try:
+            d: Defense = DEFENSES.create(first.defense.name, **first.defense.kwargs)
+            base = make_setup(replace(train_sc, setup=setup_name), model, data.shape)
+            ok = d.not_applicable(setup_name, data.num_classes) is None
+            sides[setup_name] = (d, d.apply(base, torch_generator(sc.seed, "defense", first.defense.name))
+                                 if ok else base, ok)
+        except Exception as e:  # noqa: BLE001
+            failed[setup_name] = e
+    if converts:
+        for s in specs:
+            if train_sc.setup in sides:
+                sides[s.scenario.setup] = sides[train_sc.setup]
+            else:
+                failed[s.scenario.setup] = failed[train_sc.setup]
+    elif train_sc.setup in failed and train_sc.setup != sc.setup and "vanilla" in sides:
+        # a cut too deep for the label owner's layers (u-shaped) is still a valid vanilla split: the
+        # vanilla cells train on their own
+        train_sc = replace(train_sc, setup="vanilla")
+    for s in [s for s in specs if s.scenario.setup in failed]:
+        yield _cell(s, "error", error=_err(failed[s.scenario.setup]), wall_s=time.perf_counter() - t0)
+    specs = [s for s in specs if s.scenario.setup not in failed]
+    if not specs or train_sc.setup not in sides:
+        return
+    attacks = [ATTACKS.create(s.attack.name, **s.attack.kwargs) for s in specs]
+    defense, defended, applies = sides[train_sc.setup]
+
+    def effective(dset) -> dict[str, Any]:
+        return {"depth": dset.depth, "setup": dset.scenario.setup, "label_layers": dset.label_layers,
+                "n_train": len(data.x_train), "n_aux": len(data.x_aux)}
+
     runnable = []
     for s, a in zip(specs, attacks):
-        why = blocked_reason(s.scenario, s.deny, a, defense, defended, data.num_classes)
-        granted = capability_names(granted_capabilities(a, defended, s.deny))
+        d, dset, ok = sides[s.scenario.setup]
+        why = blocked_reason(s.scenario, s.deny, a, d, dset, data.num_classes)
+        granted = capability_names(granted_capabilities(a, dset, s.deny))
         if why is not None:
-            yield _cell(s, "blocked", reason=why, cost=defense.report() if applies else {},
-                        effective=eff, granted=granted)
+            yield _cell(s, "blocked", reason=why, cost=d.report() if ok else {},
+                        effective=effective(dset), granted=granted)
         else:
             runnable.append((s, a))
     if not runnable:
@@ -270,15 +317,26 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
         return
     train_s = time.perf_counter() - t0
     utility = {"test_acc": result.test_acc}
+    served: dict[str, tuple[TrainResult, dict[str, Any]]] = {}  # cell setup -> (its run, its costs)
+
+    def serve(setup_name: str) -> tuple[TrainResult, dict[str, Any]]:
+        if setup_name not in served:
+            vanilla = sides[setup_name][1].scenario.setup == "vanilla" and defended.scenario.setup == "u-shaped"
+            served[setup_name] = ((as_vanilla(result, data.shape), vanilla_cost(cost, result.model.client, data.shape))
+                                  if vanilla else (result, cost))
+        return served[setup_name]
+
     for s, a in runnable:
         t1 = time.perf_counter()
         mine = s.scenario.train.record_steps
-        res = result if mine == rec else replace(result, transcript=result.transcript.trimmed(mine))
+        mine_result, mine_cost = serve(s.scenario.setup)
+        dset = sides[s.scenario.setup][1]
+        res = mine_result if mine == rec else replace(mine_result, transcript=mine_result.transcript.trimmed(mine))
         try:
             # global streams too (fresh layers in view builders, clones): a cell's numbers must not
             # depend on which attacks ran before it on the same model, nor on a cached training run
             seed_everything(sc.seed, "attack", s.attack_stream)
-            view = make_view(a, defended, res, data, ctx.device, deny=s.deny)
+            view = make_view(a, dset, res, data, ctx.device, deny=s.deny)
             granted = view.capabilities  # what make_view granted: computed once, there
             if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
                 view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
@@ -291,12 +349,13 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
                             ids="samples" if Capability.SAMPLE_IDS in granted else "handles")
             metrics |= {k: v for k, v in out.extra.items() if isinstance(v, (int, float)) and k not in metrics}
             artifacts = _save_artifacts(ctx, s, res, out)
-            yield _cell(s, "ok", metrics=metrics, utility=utility, cost=cost | {"attack_s": time.perf_counter() - t1},
-                        wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts, effective=eff,
+            yield _cell(s, "ok", metrics=metrics, utility=utility,
+                        cost=mine_cost | {"attack_s": time.perf_counter() - t1},
+                        wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts, effective=effective(dset),
                         granted=capability_names(granted))
         except Exception as e:  # noqa: BLE001
-            yield _cell(s, "error", error=_err(e), utility=utility, cost=cost,
-                        wall_s=train_s + time.perf_counter() - t1, effective=eff)
+            yield _cell(s, "error", error=_err(e), utility=utility, cost=mine_cost,
+                        wall_s=train_s + time.perf_counter() - t1, effective=effective(dset))
 
 
 def _save_artifacts(ctx: GroupContext, s: CellSpec, result: TrainResult, out) -> dict[str, str]:
