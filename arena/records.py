@@ -162,6 +162,7 @@ class AttackOutput:
     label_scores: torch.Tensor | None = None  # N×K scores (higher = more likely)
     clone: torch.nn.Module | None = None  # a stolen client part
     positive_class: int | None = None  # set: labels/label_scores answer the binary question "label == positive_class"
+    clusters: torch.Tensor | None = None  # N cluster indices (a clustering, unnamed): scored by adjusted Rand index
     extra: dict[str, Any] = field(default_factory=dict)  # attack-specific numbers (JSON-able)
 
 

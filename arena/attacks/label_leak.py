@@ -51,6 +51,22 @@ def cut_gradients(view: ServerView, window: str) -> tuple[torch.Tensor, torch.Te
     return ids, g.flatten(1).double() * sizes[:, None]
 
 
+def known_examples(view: ServerView, window: str, ids: torch.Tensor, per_class: int,
+                   attack: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The view's known examples among ``ids``: (positions in ``ids``, their labels). Raises if the
+    view did not grant KNOWN_LABELS or granted more than ``per_class`` per class (the threat model)."""
+    if view.known_labels is None or window not in view.known_labels:
+        raise RuntimeError(f"{attack} needs known labels; the view did not grant them")
+    known_ids, known_y = view.known_labels[window]
+    if len(known_ids) > per_class * view.num_classes:
+        raise RuntimeError("the view granted more known labels than this attack's threat model allows")
+    pos = {int(i): k for k, i in enumerate(ids.tolist())}
+    missing = [int(i) for i in known_ids.tolist() if int(i) not in pos]
+    if missing:
+        raise RuntimeError(f"{attack}: {len(missing)} known example(s) are not among the observations used")
+    return torch.tensor([pos[int(i)] for i in known_ids.tolist()], dtype=torch.long), known_y.long().clone()
+
+
 def two_means_threshold(s: torch.Tensor, iterations: int = 50) -> float:
     """The 1-D 2-means split point of scores ``s`` (midpoint of the two cluster centres)."""
     lo, hi = float(s.min()), float(s.max())

@@ -18,7 +18,7 @@ from torch import Tensor
 __all__ = [
     "RECONSTRUCTION_METRICS", "PSNR_CAP_DB", "mse", "mse_per_image", "psnr", "psnr_per_image",
     "ssim", "ssim_per_image", "accuracy", "accuracy_from_logits", "auc", "multiclass_auc",
-    "chance_accuracy", "reconstruction_metrics",
+    "chance_accuracy", "adjusted_rand_index", "reconstruction_metrics",
 ]
 
 RECONSTRUCTION_METRICS: tuple[str, ...] = ("mse", "psnr", "ssim")
@@ -229,3 +229,36 @@ def multiclass_auc(scores, labels) -> float:
     if len(present) < 2:
         raise ValueError("multiclass AUC needs at least two classes present in labels")
     return float(sum(auc(sc[:, c], (y == c).long()) for c in present) / len(present))
+
+
+def adjusted_rand_index(true_labels, clusters) -> float:
+    """Adjusted Rand index (Hubert & Arabie 1985) of a clustering against the true labels: pair
+    counting, corrected for chance, so 1 is the same partition up to renaming and 0 is the expected
+    value of a random clustering with the same cluster sizes (chance is 0 by construction; it can be
+    negative). Needs no naming of the clusters. Equal to ``sklearn.metrics.adjusted_rand_score``,
+    including its convention that two partitions with no pair to disagree on (e.g. one cluster each,
+    or all singletons each) score 1."""
+    t, c = _labels(true_labels, "true_labels"), _labels(clusters, "clusters")
+    if t.shape != c.shape:
+        raise ValueError(f"shape mismatch: true_labels {tuple(t.shape)} vs clusters {tuple(c.shape)}")
+    if t.ndim != 1 or t.numel() == 0:
+        raise ValueError(f"adjusted_rand_index needs a non-empty 1-D labelling, got shape {tuple(t.shape)}")
+    for name, v in (("true_labels", t), ("clusters", c)):
+        if v.is_floating_point() and not bool((v == v.round()).all()):
+            raise ValueError(f"{name} must be integers")
+    _, ti = torch.unique(t.cpu(), return_inverse=True)
+    _, ci = torch.unique(c.cpu(), return_inverse=True)
+    table = torch.zeros(int(ti.max()) + 1, int(ci.max()) + 1, dtype=torch.float64)
+    table.index_put_((ti, ci), torch.ones(len(ti), dtype=torch.float64), accumulate=True)
+
+    def pairs(x: Tensor) -> float:
+        return float((x * (x - 1) / 2).sum())
+
+    n = float(t.numel())
+    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    total = n * (n - 1) / 2
+    expected = rows * cols / total if total else 0.0
+    top = (rows + cols) / 2
+    if top == expected:  # no pair the two partitions could disagree on beyond chance: sklearn's 1.0
+        return 1.0
+    return float((index - expected) / (top - expected))

@@ -10,7 +10,9 @@ guessing their most common label: the baseline ``label_acc`` must beat), ``n_lab
 scored targets and, when the attack answered a one-vs-rest question (``positive_class``), ``n_positive``
 how many of them are positive. ``leak_auc`` is the ROC AUC of the attack's scores as they are, with
 the attack's own orientation (higher score = positive): it is never folded to max(AUC, 1 − AUC),
-so a score that ranks the classes backwards gets an AUC below 0.5.
+so a score that ranks the classes backwards gets an AUC below 0.5. ``label_ari`` is the adjusted Rand
+index of an attack's raw clustering (``clusters``) against the true labels: permutation-free (it needs
+no naming of the clusters) and 0 for a random clustering by construction, so it needs no chance column.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
     None: either, but not a mix), checked before anything is scored."""
     m: dict[str, float] = {}
     truth = result.truth
-    if (out.reconstructions is not None or out.labels is not None or out.label_scores is not None) \
-            and out.ids is None:
+    if (out.reconstructions is not None or out.labels is not None or out.label_scores is not None
+            or out.clusters is not None) and out.ids is None:
         raise ScoringError("attack output has predictions but no sample ids")
     if out.ids is not None:
         _check_ids(out.ids, ids, "output")
@@ -80,7 +82,7 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
         y = truth.labels(out.ids)
         return y if out.positive_class is None else (y == out.positive_class).long()
 
-    if out.labels is not None or out.label_scores is not None:
+    if out.labels is not None or out.label_scores is not None or out.clusters is not None:
         y = true_labels()
         m["n_labels"] = float(len(y))
         if out.positive_class is not None:
@@ -94,6 +96,11 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
             m["leak_auc"] = metrics.multiclass_auc(s, y) if s.ndim == 2 else metrics.auc(s, y)
         except ValueError:  # a single class among the targets: AUC is undefined, leave it out
             pass
+    if out.clusters is not None:
+        cl = torch.as_tensor(out.clusters).detach().cpu()
+        if cl.shape != y.shape:
+            raise ScoringError(f"clusters have shape {tuple(cl.shape)}, labels {tuple(y.shape)}")
+        m["label_ari"] = metrics.adjusted_rand_index(y, cl)
     if out.clone is not None:
         m["clone_acc"] = clone_accuracy(out.clone, result, x_test, y_test, device)
     return m
