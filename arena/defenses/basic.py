@@ -22,6 +22,7 @@ from .base import Defense, register_defense
 class NoDefense(Defense):
     name = "none"
     paper = "undefended split learning (Gupta & Raskar 2018; Vepakomma et al. 2018)"
+    covers = "nothing (the undefended protocol)"
 
     def apply(self, setup: SplitSetup, generator: torch.Generator) -> SplitSetup:
         return setup
@@ -31,6 +32,7 @@ class NoDefense(Defense):
 class DeeperSplit(Defense):
     name = "deeper-split"
     paper = "UnSplit (Erdogan et al. 2022) §5.2; He et al. 2019 §6"
+    covers = "the inputs, behind k more client layers (the smashed data is still sent)"
 
     def __init__(self, k: int = 2, **rest: Any) -> None:
         super().__init__(**rest)

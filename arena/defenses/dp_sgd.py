@@ -111,6 +111,7 @@ def make_private(client: nn.Module, optimizer: torch.optim.Optimizer, loader, *,
 class DPSGD(Defense):
     name = "dp-sgd"
     setups = ("vanilla", "u-shaped")
+    covers = "the client's front weights (DP-SGD)"
     train_cost = 2.0  # per-sample gradients (scheduling hint, see Defense.train_cost)
     paper = "Abadi et al. 2016 (DP-SGD); Opacus (Yousefpour et al. 2021)"
 

@@ -129,6 +129,7 @@ def draw_noise(shape: torch.Size, distribution: str, scale: float, gen: torch.Ge
 class Noise(Defense):
     name = "noise"
     setups = ("vanilla", "u-shaped")
+    covers = "each release of the activations (clipped, noised)"
     paper = "He et al. 2020 (IoTJ) noise on the split output; Titcombe et al. 2021; Balle & Wang 2018"
 
     def __init__(self, scale: float = 0.5, clip: float = 30.0, distribution: str = "gaussian",

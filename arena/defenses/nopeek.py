@@ -56,6 +56,7 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -
 class NoPeek(Defense):
     name = "nopeek"
     setups = ("vanilla", "u-shaped")
+    covers = "the activations' dependence on the inputs (distance correlation, trained down)"
     paper = "Vepakomma et al. 2020, NoPeek (distance correlation)"
 
     def __init__(self, alpha: float = 0.5, **rest: Any) -> None:
