@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                "  python -m arena.matrix -e paper --workers 8   # 8 training runs at once\n"
                "  python -m arena.matrix -e paper --executor ray --address auto\n"
                "  python -m arena.matrix --plugin my_defenses.py --defenses none my-defense\n"
+               "  python -m arena.matrix --defenses none noise+dp-sgd   # a stack: noise, then dp-sgd\n"
                "  python -m arena.report results/quick          # rebuild the report from cells.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", "-e", default=DEFAULT_EXPERIMENT,
@@ -57,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--datasets", nargs="+", metavar="NAME")
     sel.add_argument("--attacks", nargs="+", metavar="NAME",
                      help="attack names; parameters come from the experiment file's entry, or defaults")
-    sel.add_argument("--defenses", nargs="+", metavar="NAME")
+    sel.add_argument("--defenses", nargs="+", metavar="NAME",
+                     help="defense names; join names with '+' for a stack, applied in that order (noise+dp-sgd); "
+                          "parameters come from the experiment file's entry, or defaults")
     sel.add_argument("--depths", nargs="+", type=int, metavar="K", help="split depths: the client runs layers 0..K")
     sel.add_argument("--seeds", nargs="+", type=int, metavar="S")
     sel.add_argument("--n-train", type=int, help="private training samples per run")
@@ -123,11 +126,13 @@ def list_everything() -> str:
         req = ", ".join(sorted(c.value for c in getattr(cls, "requires", ())))
         lines.append(f"  {n:<16} {getattr(cls, 'kind', '?'):<10} requires: {req or '-'}   "
                      f"[{getattr(cls, 'paper', '')}]")
-    lines.append("defenses:")
+    lines.append("defenses (stack them with '+', applied in that order: --defenses noise+dp-sgd):")
     for n in DEFENSES.names():
         cls = DEFENSES.get(n)
         rem = ", ".join(sorted(c.value for c in getattr(cls, "removes", ())))
         lines.append(f"  {n:<16} removes: {rem or '-':<30} [{getattr(cls, 'paper', '')}]")
+        if getattr(cls, "covers", ""):
+            lines.append(f"  {'':<16} covers: {cls.covers}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,13 @@ A defense is a client-side change to the protocol: ``apply(setup, generator)`` r
 `SplitSetup` (never mutates), declares the server capabilities it removes, and ``report()``
 returns its own cost figures (epsilon, depth, bytes, ...) for the cell. At strength zero a
 defense is the identity (tested for every defense).
+
+The declarations (``removes``, ``setups``, ``converts_setups``, ``train_cost``, ``covers``,
+``owns``) are read from the class before any instance exists (planning, ``--list``, the runner's
+grouping). A stacked defense (``noise+dp-sgd``, `arena.defenses.stack`) is a class made per
+stacked name whose declarations combine its members'; an instance may still narrow its own
+``removes`` (a stack's is the union of its member instances'). What a cell's attack is denied is
+read from the applied setup (``SplitSetup.removes``), never from these declarations.
 """
 from __future__ import annotations
 
@@ -35,6 +42,10 @@ class Defense:
     # What the defense protects, in words, for the report (a stack lists its members' ``covers``):
     # e.g. noise: "each release of the activations"; dp-sgd: "the client's front weights".
     covers: ClassVar[str] = ""
+    # SplitSetup fields this defense sets outright instead of extending them (he: "channel",
+    # splitguard: "client_monitor"): two members of a stack that own the same field conflict, and
+    # the stack says so at construction. Hooks and removed capabilities extend and never conflict.
+    owns: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -62,7 +73,7 @@ class Defense:
         """Hook for defenses whose figures depend on the finished run (e.g. the privacy accountant)."""
 
 
-DEFENSES: Registry[Defense] = Registry("defense", entry_point_group="arena.defenses")
+DEFENSES: Registry[Defense] = Registry("defense", entry_point_group="arena.defenses", stacks=True)
 
 
 def register_defense(cls: type[Defense]) -> type[Defense]:

@@ -23,6 +23,7 @@ class NoDefense(Defense):
     name = "none"
     label_owner_neutral = True  # nothing changes: one run serves vanilla and u-shaped
     paper = "undefended split learning (Gupta & Raskar 2018; Vepakomma et al. 2018)"
+    covers = "nothing (the undefended protocol)"
 
     def apply(self, setup: SplitSetup, generator: torch.Generator) -> SplitSetup:
         return setup
@@ -33,6 +34,7 @@ class DeeperSplit(Defense):
     name = "deeper-split"
     label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     paper = "UnSplit (Erdogan et al. 2022) §5.2; He et al. 2019 §6"
+    covers = "the inputs, behind k more client layers (the smashed data is still sent)"
 
     def __init__(self, k: int = 2, **rest: Any) -> None:
         super().__init__(**rest)

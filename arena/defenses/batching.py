@@ -36,6 +36,7 @@ class Batching(Defense):
     name = "batching"
     paper = "UnSplit (Erdogan et al. 2022) §5; Li et al. 2022 (cut-gradient label leakage)"
     setups = ("label-only", "u-shaped")
+    covers = "the label owner's tail parameter gradients (means over b examples; not the cut gradient)"
 
     def __init__(self, b: int = 8, **rest: Any) -> None:
         super().__init__(**rest)

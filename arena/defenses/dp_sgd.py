@@ -112,6 +112,7 @@ class DPSGD(Defense):
     name = "dp-sgd"
     label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     setups = ("vanilla", "u-shaped")
+    covers = "the client's front weights (DP-SGD)"
     train_cost = 2.0  # per-sample gradients (scheduling hint, see Defense.train_cost)
     paper = "Abadi et al. 2016 (DP-SGD); Opacus (Yousefpour et al. 2021)"
 

@@ -87,6 +87,9 @@ class HomomorphicEncryption(Defense):
     name = "he"
     setups = ("vanilla", "u-shaped")
     converts_setups = {"vanilla": "u-shaped"}  # the client keeps the labels: one training run serves both
+    covers = ("the activations on the wire and the server's output (CKKS-encrypted; gradients stay "
+              "plaintext)")
+    owns = frozenset({"channel"})  # one wire: a stack cannot have two channels
     train_cost = 4.0  # the encrypted step (scheduling hint, see Defense.train_cost)
     # and SMASHED when the server layer is frozen, LABELS in the vanilla setup (see apply)
     removes = frozenset({Capability.SERVER_OUT, Capability.QUERY})

@@ -130,6 +130,7 @@ class Noise(Defense):
     name = "noise"
     label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     setups = ("vanilla", "u-shaped")
+    covers = "each release of the activations (clipped, noised)"
     paper = "He et al. 2020 (IoTJ) noise on the split output; Titcombe et al. 2021; Balle & Wang 2018"
 
     def __init__(self, scale: float = 0.5, clip: float = 30.0, distribution: str = "gaussian",

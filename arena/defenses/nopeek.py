@@ -57,6 +57,7 @@ class NoPeek(Defense):
     name = "nopeek"
     label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     setups = ("vanilla", "u-shaped")
+    covers = "the activations' dependence on the inputs (distance correlation, trained down)"
     paper = "Vepakomma et al. 2020, NoPeek (distance correlation)"
 
     def __init__(self, alpha: float = 0.5, **rest: Any) -> None:

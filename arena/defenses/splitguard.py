@@ -183,6 +183,8 @@ class SplitGuardMonitor:
 class SplitGuard(Defense):
     name = "splitguard"
     setups = ("vanilla",)
+    covers = "the client's training against a hijacking server (fake-label batches: detect, then stop)"
+    owns = frozenset({"client_monitor"})  # one monitor per run
     paper = "Erdogan, Küpçü, Çiçek, WPES 2022: SplitGuard detects training hijacking with fake-label batches"
 
     def __init__(self, p_fake: float = 0.1, start: int = 10, threshold: float = 0.4, window: int = 7,

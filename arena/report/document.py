@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import plots
 from .conclusions import ACC_BUDGET, conclude, overview
+from .coverage import defenses_table
 from .paired import ABOVE, NO_BASELINE, UNDER, paired_of, resolve_text
 from .tables import attack_kind, baseline_metrics, blocked_state, leakage_frame, params_text, summarize
 from .html import Block, to_html, to_markdown
@@ -203,7 +204,11 @@ def build_report(out: Path) -> Path:
                      f"most {100 * ACC_BUDGET:.0f} accuracy points (n.s.: the 95% CI of its per-seed difference "
                      "from undefended includes 0). UNDER BUDGET: the attack does not beat its baseline "
                      "undefended, so no defense is credited."),
-               ("table", *overview(lf))]
+               ("table", *overview(lf)),
+               ("h", 2, "Defenses in this run"),
+               ("p", "What each defense setting protects, in words; a stack (members joined by `+`) covers what "
+                     "each of its members covers, and its privacy figures stay per member, each with its scope."),
+               ("table", *defenses_table(cells))]
     plot_error = None
     try:
         blocks.append(("h", 2, "Leakage heatmaps"))

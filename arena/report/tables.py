@@ -161,9 +161,18 @@ def _short(s: str, n: int = 40) -> str:
 
 
 def params_text(js: str) -> str:
+    """"(k=v,...)" of a JSON parameter table; a stack's member tables flatten to ``member.k=v``."""
     if not js:
         return ""
-    return "(" + ",".join(f"{k}={v}" for k, v in json.loads(js).items()) + ")"
+    return "(" + ",".join(f"{k}={v}" for k, v in _flat(json.loads(js))) + ")"
+
+
+def _flat(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def _num(row, col: str) -> float:

@@ -31,6 +31,11 @@ A spec file looks like::
     name = "deeper-split"
     grid = { k = [1, 2] }
 
+    [[defenses]]
+    name = "noise+dp-sgd"                # a stack: members apply in the order written
+    params = { noise = { scale = 0.5 }, "dp-sgd" = { noise_multiplier = 1.0 } }   # one table per member
+    grid = { noise = { scale = [0.1, 0.5] } }                                     # per member parameter
+
     [threat]              # optional: assumptions this experiment does not grant any attack
     deny = ["client_weights", "query"]   # cells whose attack needs one are `blocked`, with that reason
 """
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import SETUPS, Capability, TrainConfig
+from ..registry import STACK_SEPARATOR, stack_members
 
 
 class SpecError(ValueError):
@@ -66,6 +72,9 @@ class Entry:
 
     @property
     def kwargs(self) -> dict[str, Any]:
+        """The parameters as keyword arguments; a stack's are one table (dict) per member."""
+        if stack_members(self.name) and all(isinstance(v, tuple) for _, v in self.params):
+            return {m: dict(p) for m, p in self.params}
         return dict(self.params)
 
     def applies(self, dataset: str, depth: int, default_depths: tuple[int, ...] | None) -> bool:
@@ -142,20 +151,66 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
             TrainConfig(**train)
         except (ValueError, TypeError) as e:
             raise SpecError(f"{where}: [[{what}]] {item['name']!r}: train: {e}") from None
-        params = dict(item.get("params", {}))
-        grid = dict(item.get("grid", {}))
-        for k, vals in grid.items():
-            if not isinstance(vals, list) or not vals:
-                raise SpecError(f"{where}: [[{what}]] {item['name']!r}: grid.{k} must be a non-empty list")
-        keys = sorted(grid)
-        for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
-            p = params | dict(zip(keys, combo))
+        if what == "defenses" and stack_members(item["name"]):
+            combos = _stack_params(item, f"{where}: [[{what}]] {item['name']!r}")
+        else:
+            combos = _grid_params(item, f"{where}: [[{what}]] {item['name']!r}")
+        for p in combos:
             out.append(Entry(item["name"], tuple(sorted((k, _freeze(v)) for k, v in p.items())),
                              item.get("setup"), item.get("label_layers"),
                              None if depths is None else tuple(depths),
                              None if datasets is None else tuple(datasets), item.get("model"), rs,
                              tuple(sorted(train.items()))))
     return tuple(out)
+
+
+def _table(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise SpecError(f"{what} must be a table, got {v!r}")
+    return dict(v)
+
+
+def _grid_params(item: dict[str, Any], entry: str) -> list[dict[str, Any]]:
+    """Every parameter combination of an entry: ``params`` with each ``grid`` combination over it."""
+    params = _table(item.get("params", {}), f"{entry}: params")
+    grid = _table(item.get("grid", {}), f"{entry}: grid")
+    for k, vals in grid.items():
+        if not isinstance(vals, list) or not vals:
+            name = ".".join(k) if isinstance(k, tuple) else k  # a stack's (member, parameter)
+            raise SpecError(f"{entry}: grid.{name} must be a non-empty list")
+    keys = sorted(grid)
+    return [params | dict(zip(keys, combo)) for combo in (itertools.product(*(grid[k] for k in keys)) if keys
+                                                          else [()])]
+
+
+def _stack_params(item: dict[str, Any], entry: str) -> list[dict[str, dict[str, Any]]]:
+    """A stacked defense's combinations: ``params`` and ``grid`` are tables keyed by member name
+    (``params = { noise = { scale = 0.5 } }``, ``grid = { noise = { scale = [0.1, 0.5] } }``); the
+    grid expands per member parameter. Members left out take their defaults."""
+    members = stack_members(item["name"]) or ()
+    if not all(members):
+        raise SpecError(f"{entry}: a stacked defense joins member names with {STACK_SEPARATOR!r}, e.g. "
+                        f"'noise+dp-sgd'; this one has an empty member")
+    per: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for part in ("params", "grid"):
+        table = _table(item.get(part, {}), f"{entry}: {part}")
+        for m, sub in table.items():
+            if m not in members:
+                raise SpecError(f"{entry}: {part} has a table for {m!r}, which is not a member of the stack "
+                                f"(members: {', '.join(members)}); a stack's {part} is a table of tables keyed by "
+                                f"member name, e.g. {part} = {{ {members[0]} = {{ ... }} }}")
+            if not isinstance(sub, dict):
+                raise SpecError(f"{entry}: {part}.{m} must be a table of {m}'s parameters, got {sub!r}")
+        per[part] = table
+    combos = _grid_params({"params": {(m, k): v for m, t in per["params"].items() for k, v in t.items()},
+                           "grid": {(m, k): v for m, t in per["grid"].items() for k, v in t.items()}}, entry)
+    out = []
+    for flat in combos:
+        nested: dict[str, dict[str, Any]] = {}
+        for (m, k), v in flat.items():
+            nested.setdefault(m, {})[k] = v
+        out.append(nested)
+    return out
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -98,11 +98,16 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def cache_key(spec: Any, defense_cls: type, device: str) -> str:
+def _source_hash(cls: Any) -> str:
     try:
-        defense_src = _file_hash(inspect.getsourcefile(defense_cls) or "")
+        return _file_hash(inspect.getsourcefile(cls) or "")
     except (TypeError, OSError):
-        defense_src = "?"
+        return "?"
+
+
+def cache_key(spec: Any, defense_cls: type, device: str) -> str:
+    # a stacked defense's class lives in arena; its members' modules (plug-ins too) shaped the run
+    defense_src = "+".join(_source_hash(c) for c in (defense_cls, *getattr(defense_cls, "member_classes", ())))
     # the training run (CellSpec.train_key: scenario without record_steps, setup as the defense turns
     # it, defense, n_aux) and how many steps its transcript keeps
     ident = {"run": spec.train_key, "record_steps": spec.scenario.train.record_steps, "device": device, "threads": torch.get_num_threads(),
