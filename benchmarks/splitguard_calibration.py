@@ -97,8 +97,7 @@ def record(spec, kind: str, cap: int | None, data_dir: str | None) -> dict[str, 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     sc = spec.scenario
-    order_key = json.loads(json.dumps(sc.training_key(), default=str))
-    order_key = json.dumps(order_key, sort_keys=True)  # splitguard converts no setup
+    order_key = spec.data_order_key()  # the runner's: a vanilla run of `none` trains the same weights u-shaped
     data = load_data(sc, spec.n_aux, data_dir)
     seed_everything(sc.seed, "model-init", sc.dataset, sc.model)
     setup = make_setup(sc, build_model(sc.model, data.shape, data.num_classes), data.shape)

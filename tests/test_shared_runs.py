@@ -32,6 +32,8 @@ def test_the_neutral_defenses_are_the_declared_ones():
     declared = {n for n in DEFENSES.names() if getattr(DEFENSES.get(n), "label_owner_neutral", False)}
     assert {n for n, _ in NEUTRAL} <= declared
     assert not declared & {"batching", "he", "splitguard"}  # label owner's side, own setup, vanilla only
+    assert DEFENSES.get("noise+dp-sgd").label_owner_neutral  # a stack is neutral when all its members are
+    assert not DEFENSES.get("noise+batching").label_owner_neutral
 
 
 @pytest.mark.parametrize("defense,params", NEUTRAL, ids=[n for n, _ in NEUTRAL])

@@ -236,6 +236,8 @@ def stack_class(name: str, members: tuple[str, ...], factories: tuple[Any, ...])
         "removes": frozenset().union(*(_decl(f, "removes", frozenset()) for f in factories)),
         "converts_setups": converts, "train_cost": max(0.1, 1.0 + sum(c - 1.0 for c in costs)),
         "covers": stack_covers(chain),
+        # one run serves vanilla and u-shaped only if no member touches the label owner
+        "label_owner_neutral": all(bool(_decl(f, "label_owner_neutral", False)) for f in factories),
         "owns": frozenset().union(*(_decl(f, "owns", frozenset()) for f in factories)),
         "paper": "a stack of " + ", ".join(members) + " (each member's paper in its module)",
         "__module__": __name__, "__qualname__": f"Stack[{name}]",

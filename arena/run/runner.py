@@ -54,6 +54,13 @@ class CellSpec:
         k["setup"] = self.training_setup()
         return k
 
+    def data_order_key(self) -> str:
+        """What keys the training run's data order: the same in every setup of a scenario (so one run can
+        serve several, `protocol.derive`, and the setups of one scenario are paired too) and under every
+        defense (common random numbers)."""
+        return json.dumps({k: v for k, v in self.training_scenario().items() if k != "setup"},
+                          sort_keys=True, default=str)
+
     def training_setup(self) -> str:
         """The setup the training run uses: the one the defense turns this cell's into (he: vanilla ->
         u-shaped), or u-shaped for a vanilla cell whose defense leaves the label owner alone (the same
@@ -225,10 +232,7 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     first = replace(specs[0], scenario=replace(specs[0].scenario, train=replace(specs[0].scenario.train,
                                                                                   record_steps=rec)))
     sc = first.scenario
-    # the data order of the training run: the same in every setup of a scenario (so one run can serve
-    # several, `protocol.derive`, and the setups of one scenario are paired too) and under every defense
-    order_key = json.dumps({k: v for k, v in first.training_scenario().items() if k != "setup"},
-                           sort_keys=True, default=str)
+    order_key = first.data_order_key()
     # a defense that leaves the label owner alone trains vanilla cells' model u-shaped (`protocol.derive`)
     converts = bool(getattr(DEFENSES.get(first.defense.name), "converts_setups", {}))
     train_sc = sc if converts else replace(sc, setup=first.training_setup())
