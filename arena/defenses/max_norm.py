@@ -28,8 +28,8 @@ It does not hide directions, only their signs, and only for rows below the large
 when ξ_j < −1/(sσ_j) (never the largest row; probability near ½ for rows far below g_max).
 `cosine-label` scores *signed* cosines against known examples' gradients, so a flipped row looks
 like another class and the signed attack loses accuracy (Fashion-MNIST 10 classes, u-shaped LeNet,
-10k examples, seed 0: label acc 1.00 → 0.53, AUC 1.00 → 0.54). That is not protection: an
-attacker who knows the defense scores |cos| and gets 0.81 back (AUC 0.98; |cos| undefended: 0.84,
+10k examples, seed 0: label acc 1.00 → 0.53, AUC 1.00 → 0.55). That is not protection: an
+attacker who knows the defense scores |cos| and gets 0.78 back (AUC 0.98; |cos| undefended: 0.84,
 0.98). With a one-layer tail under softmax cross-entropy a binary task's two classes have exactly
 opposite gradient directions (W^T(p − e_y)), so there |cos| carries nothing and the sign is the
 whole signal: there the flips do cost the direction attack (tiny digits: AUC 1.00 → 0.78).
