@@ -5,6 +5,7 @@ of arena's.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 
@@ -29,3 +30,16 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def check_float_in(name: str, value: Any, low: float, high: float, low_open: bool = False,
+                   high_open: bool = False) -> float:
+    """A real number (not a bool, not a string) in the interval [low, high], either end open if asked."""
+    lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        raise ValueError(f"{name} must be a number in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+    return v
