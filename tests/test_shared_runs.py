@@ -15,7 +15,7 @@ from arena.seeding import seed_everything, torch_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = TrainConfig(epochs=1, batch_size=16, record_steps=2, max_steps=6)
-NEUTRAL = [("none", {}), ("deeper-split", {"k": 1}), ("noise", {"scale": 0.5}), ("nopeek", {"alpha": 1.0}),
+NEUTRAL = [("none", {}), ("deeper-split", {"k": 1}), ("noise", {"scale": 0.5}), ("nopeek", {"alpha": 1.0}), ("dropout", {"p": 0.5}),
            ("dp-sgd", {"noise_multiplier": 1.0, "max_grad_norm": 1.0})]
 
 

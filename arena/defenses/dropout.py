@@ -62,6 +62,7 @@ class Dropout(Defense):
     name = "dropout"
     setups = ("vanilla", "u-shaped")
     paper = "He et al. 2020 (IEEE IoTJ), Attacking and protecting data privacy in edge-cloud collaborative inference"
+    label_owner_neutral = True  # acts on the client front only: one run serves vanilla and u-shaped
     covers = "each release of the activations (a random p of the coordinates zeroed); at inference too with at_test=drop"
 
     def __init__(self, p: float = 0.5, at_test: str = "drop", **rest: Any) -> None:
