@@ -24,6 +24,11 @@ the gradient of the loss with respect to what it sent. Both attacks read only th
   exactly those over (the first observed ones of each class) and the attack averages their unit
   gradients into one reference per class. Scores are N×K cosines (classes without a known example
   score −2), labels their argmax; the known examples are left out of the output.
+  ``sign = "abs"`` scores |cos| instead (known examples of one class sign-aligned before averaging):
+  the attacker who knows `max-norm` (Kerckhoffs), whose scalar N(0,1) factor 1 + σξ flips the sign
+  of whole rows, so a flipped row's signed cosine points at no class. Undefended it is a little
+  weaker (a class and its opposite direction are no longer told apart); on a binary task, whose two
+  classes' gradients point in opposite directions, it carries nothing.
 
 The cross-entropy is a batch mean, so each example's gradient is scaled by 1/batch; the server
 knows each batch's size and undoes the scaling before scoring norms.
@@ -41,6 +46,7 @@ from ..params import check_choice, check_positive_int
 from .base import Attack, register_attack
 
 WINDOWS = ("before", "after")
+SIGNS = ("signed", "abs")
 
 
 def cut_gradients(view: ServerView, window: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,13 +120,15 @@ class CosineLabel(Attack):
     default_setup = "u-shaped"
     paper = "Li et al. Label leakage and protection in two-party split learning. ICLR 2022 (direction scoring)"
 
-    def __init__(self, known_per_class: int = 1, window: str = "after", **rest: Any) -> None:
+    def __init__(self, known_per_class: int = 1, window: str = "after", sign: str = "signed", **rest: Any) -> None:
         super().__init__(**rest)
         self.known_per_class = check_positive_int("known_per_class", known_per_class)  # read by the view builder
         self.window = check_choice("window", window, WINDOWS)
+        self.sign = check_choice("sign", sign, SIGNS)
 
     def params(self) -> dict[str, Any]:
-        return {"known_per_class": self.known_per_class, "window": self.window}
+        out = {"known_per_class": self.known_per_class, "window": self.window}
+        return out | ({"sign": self.sign} if self.sign != "signed" else {})  # older cells keep their keys
 
     def run(self, view: ServerView, generator: torch.Generator) -> AttackOutput:
         ids, g = cut_gradients(view, self.window)
@@ -134,9 +142,14 @@ class CosineLabel(Attack):
         refs = torch.zeros(view.num_classes, g.shape[1], dtype=unit.dtype)
         have = torch.zeros(view.num_classes, dtype=torch.bool)
         for i, c in zip(known_ids.tolist(), known_y.tolist()):
-            refs[c] += unit[pos[i]]
+            u = unit[pos[i]]
+            if self.sign == "abs" and float(refs[c] @ u) < 0:
+                u = -u  # max-norm may have flipped this one: align it with the class's others
+            refs[c] += u
             have[c] = True
         scores = unit @ F.normalize(refs, dim=1).T
+        if self.sign == "abs":  # Kerckhoffs vs max-norm: its scalar noise flips whole rows, |cos| ignores that
+            scores = scores.abs()
         scores[:, ~have] = -2.0  # below any cosine: no known example of that class
         known_set = set(known_ids.tolist())
         keep = torch.tensor([i not in known_set for i in ids.tolist()], dtype=torch.bool)
