@@ -103,9 +103,11 @@ class Experiment:
     source: str = ""
 
     def model_for(self, dataset: str) -> str:
+        from ..data.binary import binary_base
         from ..models import default_model
 
-        return dict(self.models).get(dataset, default_model(dataset))
+        # a binary task (one class against the rest) trains its base dataset's network
+        return dict(self.models).get(dataset, default_model(binary_base(dataset) or dataset))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

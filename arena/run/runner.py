@@ -24,6 +24,7 @@ import torch
 
 from ..attacks import ATTACKS, PolicyContext
 from .config import Entry, Experiment, all_depths
+from ..data.binary import BINARY
 from ..data.sources import load_dataset
 from ..defenses import DEFENSES, Defense
 from .model_cache import cache_key, cached_training
@@ -392,9 +393,11 @@ def _cell(s: CellSpec, status: str, **kw: Any) -> Cell:
                 label_layers=sc.label_layers, **kw)
 
 
-# Input shapes and class counts of the built-in datasets, so depths are checked before any data loads.
+# Input shapes and class counts of the built-in datasets, so depths are checked before any data loads
+# (a binary task, one class against the rest: its base's shape, 2 classes).
 KNOWN_SHAPES = {"mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10), "digits": ((1, 28, 28), 10),
                 "cifar10": ((3, 32, 32), 10)}
+KNOWN_SHAPES |= {name: (KNOWN_SHAPES[base][0], 2) for name, (base, _) in BINARY.items() if base in KNOWN_SHAPES}
 
 
 def validate_depths(specs: list[CellSpec]) -> None:
