@@ -120,3 +120,25 @@ def test_the_runner_knows_the_binary_shapes_and_models():
     exp = Experiment()
     assert exp.model_for("cifar10-binary") == "cifar-cnn" and exp.model_for("digits-binary") == "lenet"
     assert effective_sizes(1437, None, 5000, "digits-binary") == (1150, 287)  # as for digits
+
+
+def test_a_binary_run_scores_the_deployed_models_test_auc(tiny_data):
+    """Test AUC is computed from the deployed pipeline's P(class 1), against the truth: equal to the
+    reference AUC of those scores, and a perfect ranking gives 1."""
+    from arena.models import build_model
+    from arena.protocol.train import Data, evaluate, make_setup, train
+    from arena.records import Scenario, TrainConfig
+    from arena.scoring.metrics import auc
+    from arena.seeding import seed_everything, torch_generator
+
+    seed_everything(0, "init")
+    d = tiny_data
+    b = lambda y: (y == 0).long()  # noqa: E731
+    data = Data(d.x_train, b(d.y_train), d.x_test, b(d.y_test), d.x_aux, b(d.y_aux), 2)
+    sc = Scenario("digits-binary", "lenet", 1, setup="u-shaped", train=TrainConfig(epochs=3, batch_size=32))
+    res = train(make_setup(sc, build_model("lenet", data.shape, 2), data.shape), data, torch_generator(0, "t"))
+    assert res.test_positive_scores.shape == (len(data.y_test),)
+    again: list = []
+    assert evaluate(res.model, data.x_test, data.y_test, positive_scores=again) == res.test_acc
+    assert torch.equal(torch.cat(again), res.test_positive_scores)
+    assert auc(res.test_positive_scores, data.y_test) > 0.9  # digit 0 is easy: the model ranks it well

@@ -250,6 +250,9 @@ def test_marvell_is_na_in_ten_class_cells_and_runs_on_the_binary_task(run_matrix
     for key in (("digits", "none"), ("digits-binary", "none"), ("digits-binary", "marvell")):
         assert cells[key]["status"] == "ok", cells[key].get("error")
     ok = cells[("digits-binary", "marvell")]
+    # binary tasks report the model's test AUC beside its accuracy (always "rest" already scores 0.9)
+    assert all(0 <= cells[("digits-binary", d)]["utility"]["test_auc"] <= 1 for d in ("none", "marvell"))
+    assert "test_auc" not in cells[("digits", "none")]["utility"]
     assert ok["cost"]["marvell_s"] == 1.0 and ok["cost"]["marvell_batches"] > 0
     assert ok["effective"]["n_train"] == 256 and ok["metrics"]["n_labels"] > 0
     report = (tmp_path / "run" / "report.md").read_text()

@@ -156,6 +156,7 @@ class TrainResult:
     cost: dict[str, Any]
     server_before: nn.Module  # server-owned layers as they were at the first recorded step
     tail_before: nn.Module | None = None  # the label owner's layers at the same step (None: no tail)
+    test_positive_scores: torch.Tensor | None = None  # binary tasks: P(class 1) per test example (test AUC)
 
 
 def _loader(data: Data, cfg: TrainConfig, gen: torch.Generator):
@@ -246,11 +247,14 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
             o.ids, o.step = idx, s
             transcript.windows["after"].append(o)
             truth.add(idx, data.x_train[idx], data.y_train[idx])
+    scores: list[torch.Tensor] | None = [] if data.num_classes == 2 else None
     test_acc = evaluate(sm, data.x_test, data.y_test, device,
-                        transform=deployed_transform(setup.test_hooks(), derived_generator(gen, "test")))
+                        transform=deployed_transform(setup.test_hooks(), derived_generator(gen, "test")),
+                        positive_scores=scores)
     cost = _costs(setup, sm, data, watch, step)  # steps run (fewer if a monitor or the policy stopped training)
     return TrainResult(sm, transcript, truth, test_acc, cost, server_before or copy.deepcopy(sm.server),
-                       tail_before if tail_before is not None else copy.deepcopy(sm.tail))
+                       tail_before if tail_before is not None else copy.deepcopy(sm.tail),
+                       torch.cat(scores) if scores else None)
 
 
 def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -362,9 +366,12 @@ def deployed_transform(hooks: tuple[SmashHook, ...], gen: torch.Generator
 
 @torch.no_grad()
 def evaluate(sm: SplitModel | nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "cpu",
-             batch: int = 1000, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+             batch: int = 1000, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             positive_scores: list[torch.Tensor] | None = None) -> float:
     """Test accuracy of a split model (or any module) on (x, y). ``transform``: what the client does
-    to its activations before sending them (a defense's test-time behaviour), split models only."""
+    to its activations before sending them (a defense's test-time behaviour), split models only.
+    ``positive_scores``: a list that receives, batch by batch, the predicted probability of class 1
+    (binary tasks: the scores of the model's test AUC, which accuracy alone hides at 10% positives)."""
     if transform is not None and isinstance(sm, SplitModel):
         def fwd(v: torch.Tensor) -> torch.Tensor:
             return sm.tail(sm.server(transform(sm.client(v))))
@@ -376,8 +383,11 @@ def evaluate(sm: SplitModel | nn.Module, x: torch.Tensor, y: torch.Tensor, devic
         m.eval()
     correct = 0
     for s in range(0, len(x), batch):
-        pred = fwd(x[s:s + batch].to(device)).argmax(1)
+        logits = fwd(x[s:s + batch].to(device))
+        pred = logits.argmax(1)
         correct += int((pred == y[s:s + batch].to(device)).sum())
+        if positive_scores is not None:
+            positive_scores.append(logits.float().softmax(1)[:, 1].cpu())
     for m, t in zip(mods, modes):
         m.train(t)
     return correct / max(len(x), 1)

@@ -26,7 +26,7 @@ from .paired import NO_BASELINE, SETTING, UNDER, baseline_checks, defense_deltas
 from .statistics import estimate
 
 CELL_COLUMNS = ["dataset", "model", "depth", "setup", "attack", "attack_params", "defense", "defense_params"]
-HEADLINE = ["mse", "psnr", "ssim", "clone_acc", "label_acc", "leak_auc", "label_ari", "test_acc"]  # columns printed
+HEADLINE = ["mse", "psnr", "ssim", "clone_acc", "label_acc", "leak_auc", "label_ari", "test_acc", "test_auc"]  # columns printed
 def cells_frame(cells: list[Cell]):
     import pandas as pd
 

@@ -33,6 +33,7 @@ from ..protocol.derive import as_vanilla, vanilla_cost
 from ..protocol.train import Data, TrainResult, make_setup, total_steps, train
 from ..protocol.transcript import resolve
 from ..records import Capability, Cell, Scenario
+from ..scoring.metrics import auc
 from ..scoring.score import score
 from ..seeding import numpy_rng, seed_everything, torch_generator
 from .grants import blocked_reason, capability_names, granted_capabilities, make_view
@@ -322,6 +323,9 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
         return
     train_s = time.perf_counter() - t0
     utility = {"test_acc": result.test_acc}
+    if result.test_positive_scores is not None and 0 < int(data.y_test.sum()) < len(data.y_test):
+        # a binary task (10% positive): always answering "rest" scores 0.9 accuracy; the AUC shows the cost
+        utility["test_auc"] = auc(result.test_positive_scores, data.y_test)
     served: dict[str, tuple[TrainResult, dict[str, Any]]] = {}  # cell setup -> (its run, its costs)
 
     def serve(setup_name: str) -> tuple[TrainResult, dict[str, Any]]:
