@@ -173,6 +173,6 @@ class MID(Defense):
             self._after = {"mid_kl_after": float(b.kl(h)), "mid_sigma_after": float(sigma.mean())}
 
     def report(self) -> dict[str, Any]:
-        return {"mid_lambda": self.lam, "mid_std_shift": self.std_shift, "mid_test_time": "z = mu + sigma*eps (one draw)",
+        return {"mid_lambda": self.lam, "mid_std_shift": self.std_shift,
                 "mid_lr": self.lr if self.lr is not None else "the run's lr",
-                "mid_note": NOTE, **self._layout, **self._after}
+                "mid_test_time": "z = mu + sigma*eps (one draw)", "mid_note": NOTE, **self._layout, **self._after}

@@ -27,14 +27,14 @@ deployed label owner draws too), and None after, so the trained model and a fres
 (``tail_arch``) are deterministic. The per-example tail gradients recorded for the transcript are
 recomputed with draws from a separate stream ("tail-noise-observed/<step>"), so recording more
 steps never changes training; they are taken at another draw of that noise than the step's own
-(the same distribution; the server never sees it).
-A tail layer with a float ``lr`` attribute trains at that rate in the label owner's Adam (mid's
-bottleneck: VFLAIR's own MID learning rate).
+(the same distribution; the server never sees it). A tail layer with a float ``lr`` attribute
+trains at that rate in the label owner's Adam (mid's bottleneck: VFLAIR's own MID learning rate).
 
 Randomness: the data order comes from the training generator; the defense's draws (noise on the
 activations or on returned gradients) from a generator derived from it under another name, and
-the test-time draws from a third; the label transform and stochastic tail layers have their own. A defense therefore never shifts the data order, so a defended
-run and the undefended run of the same scenario see the same batches (a paired comparison).
+the test-time draws from a third; the label transform and stochastic tail layers have their own.
+A defense therefore never shifts the data order, so a defended run and the undefended run of the
+same scenario see the same batches (a paired comparison).
 """
 from __future__ import annotations
 
