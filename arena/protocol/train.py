@@ -12,12 +12,29 @@ the gradient it returns), ``wrap_client`` (DP-SGD replaces the client's optimise
 aggregates before its parameter gradients can be observed), ``inference_hooks`` (what the client
 does to its activations at test time: by default exactly what it sends during training, so the
 cell's test accuracy is the deployed pipeline's), ``derivable`` (quantities not sent in plaintext
-that the server can still rebuild from what it sees: not granted, not removed either).
+that the server can still rebuild from what it sees: not granted, not removed either),
+``label_transform`` (the label owner changes its training labels once, before training: label-dp's
+randomized response; the truth the scorer holds and the test labels stay the true ones),
+``label_loss_terms`` (extra label-owner loss, one batch-mean scalar from its tail and its input h:
+mid's KL term; its gradient reaches the cut gradient and the observed tail gradients too).
+
+A defense may also give the label owner more layers by returning a setup whose model has them in
+front of the tail and whose ``scenario.label_layers`` counts them (mid's bottleneck; he moves the
+cut the same way). A tail layer that draws random numbers declares a ``noise_generator`` attribute
+and draws only while it holds one: `train()` hands it a stream derived from the training generator
+("tail-noise") for training, another ("test-tail-noise") for the test-accuracy evaluation (the
+deployed label owner draws too), and None after, so the trained model and a fresh copy in the view
+(``tail_arch``) are deterministic. The per-example tail gradients recorded for the transcript are
+recomputed with draws from a separate stream ("tail-noise-observed/<step>"), so recording more
+steps never changes training; they are taken at another draw of that noise than the step's own
+(the same distribution; the server never sees it). A tail layer with a float ``lr`` attribute
+trains at that rate in the label owner's Adam (mid's bottleneck: VFLAIR's own MID learning rate).
 
 Randomness: the data order comes from the training generator; the defense's draws (noise on the
 activations or on returned gradients) from a generator derived from it under another name, and
-the test-time draws from a third. A defense therefore never shifts the data order, so a defended
-run and the undefended run of the same scenario see the same batches (a paired comparison).
+the test-time draws from a third; the label transform and stochastic tail layers have their own.
+A defense therefore never shifts the data order, so a defended run and the undefended run of the
+same scenario see the same batches (a paired comparison).
 """
 from __future__ import annotations
 
@@ -43,6 +60,8 @@ from .transcript import Observation, Transcript, Truth
 SmashHook = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, activations) -> scalar
 GradHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]  # (grad, labels, gen)
+LabelTransform = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]  # (y_train, classes, gen)
+TailLossTerm = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (label owner's tail, its input h) -> scalar
 
 
 class ServerPolicy(Protocol):
@@ -115,6 +134,9 @@ class SplitSetup:
     inference_hooks: tuple[SmashHook, ...] | None = None
     # (capability, how the server rebuilds it): not sent in plaintext, yet not removed
     derivable: tuple[tuple[Capability, str], ...] = ()
+    # (y_train, num_classes, generator) -> the labels the label owner trains on; None: the true ones
+    label_transform: LabelTransform | None = None
+    label_loss_terms: tuple[TailLossTerm, ...] = ()  # (tail, h) -> scalar, added to the label owner's loss
 
     @property
     def config(self) -> TrainConfig:
@@ -168,6 +190,17 @@ def _adam(params: Iterable[torch.Tensor], lr: float, amsgrad: bool = True) -> to
     return torch.optim.Adam(list(params), lr=lr, amsgrad=amsgrad)
 
 
+def _tail_adam(tail: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The label owner's Adam; a tail layer with an ``lr`` attribute (mid's bottleneck) gets that rate."""
+    own = [m for m in tail.modules() if isinstance(getattr(m, "lr", None), float)]
+    if not own:
+        return _adam(tail.parameters(), cfg.lr, cfg.amsgrad)
+    mine = {id(p) for m in own for p in m.parameters()}
+    groups = [{"params": [p for p in tail.parameters() if id(p) not in mine]}]
+    groups += [{"params": list(m.parameters()), "lr": m.lr} for m in own]
+    return torch.optim.Adam(groups, lr=cfg.lr, amsgrad=cfg.amsgrad)
+
+
 def derived_generator(gen: torch.Generator, name: str) -> torch.Generator:
     """An independent stream named ``name``, seeded from ``gen``'s seed (``gen`` is not advanced)."""
     g = torch.Generator(device=gen.device)
@@ -193,7 +226,7 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     owner = sc.setup  # who holds what
     client_opt = _adam(sm.client.parameters(), cfg.lr, cfg.amsgrad)
     server_opt = _adam(sm.server.parameters(), cfg.lr, cfg.amsgrad) if len(list(sm.server.parameters())) else None
-    tail_opt = _adam(sm.tail.parameters(), cfg.lr, cfg.amsgrad) if len(sm.tail) else None
+    tail_opt = _tail_adam(sm.tail, cfg) if len(sm.tail) else None
     loader = _loader(data, cfg, gen)
     client = sm.client
     if setup.wrap_client is not None:
@@ -211,7 +244,14 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     watch = Stopwatch()
     server_before: nn.Module | None = None
     tail_before: nn.Module | None = None
-    x_dev, y_dev = data.x_train.to(device), data.y_train.to(device)
+    y_train = data.y_train
+    if setup.label_transform is not None:  # once, before training (never per epoch); the truth keeps data.y_train
+        y_train = setup.label_transform(data.y_train, data.num_classes, derived_generator(gen, "labels"))
+        if y_train.shape != data.y_train.shape or y_train.dtype != data.y_train.dtype:
+            raise ValueError("label_transform must return labels of the shape and dtype it was given")
+    x_dev, y_dev = data.x_train.to(device), y_train.to(device)
+    noisy = stochastic_layers(sm.tail)
+    _hand_noise(noisy, gen, "tail-noise")
     step = 0
     while step < steps and not stopped:
         for (idx,) in loader:
@@ -248,9 +288,11 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
             transcript.windows["after"].append(o)
             truth.add(idx, data.x_train[idx], data.y_train[idx])
     scores: list[torch.Tensor] | None = [] if data.num_classes == 2 else None
+    _hand_noise(noisy, gen, "test-tail-noise")
     test_acc = evaluate(sm, data.x_test, data.y_test, device,
                         transform=deployed_transform(setup.test_hooks(), derived_generator(gen, "test")),
                         positive_scores=scores)
+    _hand_noise(noisy, gen, None)  # the trained model is deterministic
     cost = _costs(setup, sm, data, watch, step)  # steps run (fewer if a monitor or the policy stopped training)
     return TrainResult(sm, transcript, truth, test_acc, cost, server_before or copy.deepcopy(sm.server),
                        tail_before if tail_before is not None else copy.deepcopy(sm.tail),
@@ -270,7 +312,7 @@ def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor,
         # The server owns inputs and every layer before the label owner's tail.
         with watch.time("server"):
             h = sm.server(sm.client(x))
-        g_h, loss = _label_owner(setup, sm, h, y, gen, watch, obs, record)
+        g_h, loss = _label_owner(setup, sm, h, y, gen, watch, obs, record, step)
         with watch.time("server"):
             h.backward(g_h)
         obs.inputs = x
@@ -292,7 +334,7 @@ def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor,
                 F.cross_entropy(h, y).backward()
             obs.labels = y
         else:
-            g_h, _ = _label_owner(setup, sm, h.detach().requires_grad_(True), y, gen, watch, obs, record)
+            g_h, _ = _label_owner(setup, sm, h.detach().requires_grad_(True), y, gen, watch, obs, record, step)
             with watch.time("server"):
                 h.backward(g_h)
             obs.server_out = setup.channel.observed_output(obs.server_out)  # None when it was encrypted
@@ -318,11 +360,13 @@ def _step(setup: SplitSetup, sm: SplitModel, client: nn.Module, x: torch.Tensor,
 
 
 def _label_owner(setup: SplitSetup, sm: SplitModel, h: torch.Tensor, y: torch.Tensor,
-                 gen: torch.Generator, watch: Stopwatch, obs: Observation, record: bool):
+                 gen: torch.Generator, watch: Stopwatch, obs: Observation, record: bool, step: int = 0):
     """The label owner runs its tail, computes the loss and returns the gradient at its input."""
     h_in = h.detach().requires_grad_(True)
     with watch.time("label_owner"):  # the client's time too (`_costs`); kept apart for `derive.as_vanilla`
         loss = F.cross_entropy(sm.tail(h_in), y)
+        for term in setup.label_loss_terms:
+            loss = loss + term(sm.tail, h_in)
         loss.backward()
         g = h_in.grad
         for hook in setup.cut_grad_hooks:
@@ -331,20 +375,42 @@ def _label_owner(setup: SplitSetup, sm: SplitModel, h: torch.Tensor, y: torch.Te
     obs.cut_grad = g.detach()
     obs.tail_labels = y
     if record:
-        obs.tail_grads = tail_gradients(sm.tail, h_in.detach(), y, setup.label_batch)
+        noisy = stochastic_layers(sm.tail)
+        kept = _hand_noise(noisy, gen, f"tail-noise-observed/{step}")  # never advances the training stream
+        obs.tail_grads = tail_gradients(sm.tail, h_in.detach(), y, setup.label_batch, setup.label_loss_terms)
+        for m, k in zip(noisy, kept):
+            m.noise_generator = k
     return g, loss
 
 
-def tail_gradients(tail: nn.Module, h: torch.Tensor, y: torch.Tensor, group: int) -> list[dict[str, torch.Tensor]]:
+def stochastic_layers(tail: nn.Module) -> list[nn.Module]:
+    """The label owner's layers that draw noise from a ``noise_generator`` (mid's bottleneck)."""
+    return [m for m in tail.modules() if hasattr(m, "noise_generator")]
+
+
+def _hand_noise(layers: list[nn.Module], gen: torch.Generator, name: str | None) -> list[Any]:
+    """Give ``layers`` one stream derived from ``gen`` under ``name`` (None: no noise); returns what they held."""
+    kept = [m.noise_generator for m in layers]
+    g = derived_generator(gen, name) if layers and name is not None else None
+    for m in layers:
+        m.noise_generator = g
+    return kept
+
+
+def tail_gradients(tail: nn.Module, h: torch.Tensor, y: torch.Tensor, group: int,
+                   terms: tuple[TailLossTerm, ...] = ()) -> list[dict[str, torch.Tensor]]:
     """Parameter gradients of the label owner's tail, one per group of ``group`` examples.
 
     With group 1 these are per-example gradients: what UnSplit's label attack assumes a server
-    observes (SGD with batch size 1). The `batching` defense raises the group size.
+    observes (SGD with batch size 1). The `batching` defense raises the group size. ``terms``: the
+    label owner's extra loss terms (`SplitSetup.label_loss_terms`), so the gradients are its full loss's.
     """
     out = []
     params = dict(tail.named_parameters())
     for s in range(0, len(y), group):
         loss = F.cross_entropy(torch.func.functional_call(tail, params, (h[s:s + group],)), y[s:s + group])
+        for term in terms:  # the terms use the tail's own parameters: the same tensors as ``params``
+            loss = loss + term(tail, h[s:s + group])
         grads = torch.autograd.grad(loss, list(params.values()))
         out.append({k: g.detach().clone() for k, g in zip(params, grads)})
     return out
