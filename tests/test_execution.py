@@ -373,3 +373,24 @@ def test_a_setup_converting_defense_trains_once_for_both_setups():
         by_defense[g[0].defense.name] = by_defense.get(g[0].defense.name, 0) + 1
         assert len({s.defense.name for s in g}) == 1
     assert by_defense == {"none": 1, "he": 1, "splitguard": 2}
+
+
+def test_a_defense_entry_may_run_in_some_setups_only():
+    """`setups` on a defense entry keeps only the cells of those setups (label DP's vanilla cells carry
+    no label attack in the default experiment); anything but a list of known setups is a SpecError."""
+    from arena.run.config import SpecError
+
+    raw = {"experiment": {"datasets": ["digits"], "depths": [1], "seeds": [0]},
+           "attacks": [{"name": "mean-image"}, {"name": "cosine-label"}],
+           "defenses": [{"name": "none"}, {"name": "label-dp", "setups": ["u-shaped"]}]}
+    cells = {(s.attack.name, s.defense.name, s.scenario.setup) for s in plan(experiment_from_dict(raw))}
+    assert cells == {("mean-image", "none", "vanilla"), ("cosine-label", "none", "u-shaped"),
+                     ("cosine-label", "label-dp", "u-shaped")}
+    for bad in (["sideways"], [], "u-shaped"):
+        raw["defenses"][1]["setups"] = bad
+        with pytest.raises(SpecError, match="setups must be a non-empty list of"):
+            experiment_from_dict(raw)
+    raw["defenses"][1]["setups"] = ["u-shaped"]
+    raw["attacks"][0]["setups"] = ["vanilla"]
+    with pytest.raises(SpecError, match="unknown keys"):
+        experiment_from_dict(raw)

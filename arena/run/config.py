@@ -21,6 +21,7 @@ A spec file looks like::
     depths = [1, 2, 3]                   # optional: this entry's own split depths (attacks: else [experiment]
                                          # depths; defenses: else every depth an attack runs at)
     datasets = ["mnist"]                 # optional: only these of the experiment's datasets
+    setups = ["u-shaped"]                # optional (defenses): only the cells of these setups
     model = "lenet"                      # optional (attacks): another model than [experiment] models
     record_steps = 8                     # optional (attacks): steps the transcript keeps at each end of
                                          # training for this entry's runs (more targets for label attacks)
@@ -69,6 +70,7 @@ class Entry:
     model: str | None = None  # None: the experiment's model for the dataset (attacks only)
     record_steps: int | None = None  # None: [train] record_steps (attacks only)
     train: tuple[tuple[str, Any], ...] = ()  # [train] overrides for this entry's runs (attacks only)
+    setups: tuple[str, ...] | None = None  # defenses: only the cells of these setups (None: every one)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -127,7 +129,7 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
         if not isinstance(item, dict) or "name" not in item:
             raise SpecError(f"{where}: [[{what}]] entry {i + 1} needs a name")
         unknown = set(item) - {"name", "params", "grid", "setup", "label_layers", "depths", "datasets", "model",
-                               "record_steps", "train"}
+                               "record_steps", "train"} - ({"setups"} if what == "defenses" else set())
         if unknown:
             raise SpecError(f"{where}: [[{what}]] {item['name']!r} has unknown keys {sorted(unknown)}")
         if item.get("setup") is not None and item["setup"] not in SETUPS:
@@ -139,6 +141,9 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
         if datasets is not None and (not isinstance(datasets, list) or not datasets
                                      or not all(isinstance(x, str) for x in datasets)):
             raise SpecError(f"{where}: [[{what}]] {item['name']!r}: datasets must be a non-empty list of names")
+        setups = item.get("setups")
+        if setups is not None and (not isinstance(setups, list) or not setups or not set(setups) <= set(SETUPS)):
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: setups must be a non-empty list of {SETUPS}")
         rs = item.get("record_steps")
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int) or rs < 1):
             raise SpecError(f"{where}: [[{what}]] {item['name']!r}: record_steps must be an integer >= 1")
@@ -162,7 +167,7 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
                              item.get("setup"), item.get("label_layers"),
                              None if depths is None else tuple(depths),
                              None if datasets is None else tuple(datasets), item.get("model"), rs,
-                             tuple(sorted(train.items()))))
+                             tuple(sorted(train.items())), None if setups is None else tuple(setups)))
     return tuple(out)
 
 

@@ -135,6 +135,8 @@ def plan(exp: Experiment) -> list[CellSpec]:
                             continue
                         cls = ATTACKS.get(a.name)
                         setup = a.setup or d.setup or getattr(cls, "default_setup", "vanilla")
+                        if d.setups is not None and setup not in d.setups:
+                            continue  # the experiment runs this defense in those setups only
                         sc = Scenario(dataset=dataset, model=a.model or exp.model_for(dataset), depth=depth, setup=setup,
                                       seed=seed, n_train=exp.n_train, n_test=exp.n_test,
                                       label_layers=a.label_layers or exp.label_layers,
