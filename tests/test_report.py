@@ -265,3 +265,28 @@ def test_report_states_one_chance_definition(run_dir):
     assert "majority-class share of the scored targets" in md
     assert "accuracy 1/classes" not in md and "folded to max(AUC, 1 − AUC), since" not in md
     assert "Chance (the majority-class share of the scored targets) is 0.100" in md
+
+
+def test_a_label_attack_is_judged_per_dataset_leak_auc_on_a_binary_task():
+    """One label attack on a 10-class task and on a binary one: label accuracy (vs its majority chance)
+    judges the first, leak AUC the second, each with its own paired difference from undefended. (Judged
+    by label accuracy against a 0.9 majority, an attack ranking the rare class with AUC 0.98 but
+    thresholding it poorly was wrongly flagged under budget.)"""
+    import dataclasses
+
+    def on(dataset, cells):
+        return [dataclasses.replace(c, dataset=dataset, key=f"{dataset}-{c.key}") for c in cells]
+
+    ten = on("digits", _cells("cosine-label", {"label_acc": [0.9, 0.92, 0.91], "leak_auc": [0.97] * 3,
+                                               "label_chance": [0.11] * 3}))
+    two = on("digits-binary", _cells("cosine-label", {"label_acc": [0.62, 0.6, 0.64], "leak_auc": [0.98, 0.97, 0.99],
+                                                      "label_chance": [0.9] * 3}))
+    two_def = on("digits-binary", _cells("cosine-label", {"label_acc": [0.9] * 3, "leak_auc": [0.6, 0.55, 0.62],
+                                                          "label_chance": [0.9] * 3}, defense="max-norm"))
+    summary = summarize(ten + two + two_def)
+    lf = leakage_frame(summary).set_index(["dataset", "defense"])
+    assert lf.loc[("digits", "none"), "metric"] == "label_acc"
+    assert lf.loc[("digits-binary", "none"), "metric"] == "leak_auc"
+    assert lf.loc[("digits-binary", "none"), "vs_baseline"] == "above baseline"  # AUC 0.98 vs 0.5
+    d = lf.loc[("digits-binary", "max-norm")]
+    assert d["d_headline"] == pytest.approx(0.59 - 0.98, abs=1e-9)  # the AUC's paired drop, not accuracy's rise

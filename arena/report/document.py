@@ -139,7 +139,9 @@ def _why(r) -> str:
 
 
 def _attack_table(g) -> tuple[list[str], list[list[str]]]:
-    metric = g["metric"].dropna().iloc[0] if g["metric"].notna().any() else "leakage"
+    used = list(dict.fromkeys(g["metric"].dropna()))
+    # one headline per attack and dataset (a label attack: leak AUC on a binary task); named per row if several
+    metric = used[0] if len(used) == 1 else "leakage (metric)" if used else "leakage"
     header = ["dataset", "depth", "defense", "n", metric, f"Δ {metric} vs none (paired)", "test acc",
               "Δ test acc vs none (paired)", "client cost / sample", "status"]
     rows = []
@@ -153,7 +155,8 @@ def _attack_table(g) -> tuple[list[str], list[list[str]]]:
                                "left out)" if dropped else "")
             if r.defense == "none" and getattr(r, "vs_baseline", "") in (UNDER, NO_BASELINE, ABOVE):
                 state += f"; {_baseline_note(r)}"
-            rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, _pm(r.value, r.ci),
+            value = _pm(r.value, r.ci) + (f" ({r.metric})" if len(used) > 1 else "")
+            rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, value,
                          _delta(r, "d_headline"), _pm(r.test_acc, r.test_acc_ci), _delta(r, "d_test_acc"),
                          _cost(r.cost), state])
     return header, rows

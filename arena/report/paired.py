@@ -40,7 +40,7 @@ def _cols(prefix: str, p: Paired) -> dict[str, Any]:
             f"{prefix}_sig": p.distinguishable}
 
 
-def defense_deltas(df, metrics: Mapping[str, str | None]) -> dict[tuple, dict[str, Any]]:
+def defense_deltas(df, metrics: Mapping[tuple[str, str], str | None]) -> dict[tuple, dict[str, Any]]:
     """Per defended setting (a key of `CELL_COLUMNS` values): the paired difference defense − none of
     the attack's headline metric (``d_headline``) and of test accuracy (``d_test_acc``), each with its
     CI, number of pairs, standard deviation and whether the CI excludes 0 (``_sig``)."""
@@ -53,7 +53,7 @@ def defense_deltas(df, metrics: Mapping[str, str | None]) -> dict[tuple, dict[st
         ref = none.get(key[:len(SETTING)])
         if ref is None:
             continue
-        metric = metrics.get(key[SETTING.index("attack")])
+        metric = metrics.get((key[SETTING.index("attack")], key[SETTING.index("dataset")]))
         row: dict[str, Any] = {}
         if metric:
             row |= _cols("d_headline", paired_difference(_per_seed(g, metric), _per_seed(ref, metric)))
@@ -62,7 +62,7 @@ def defense_deltas(df, metrics: Mapping[str, str | None]) -> dict[tuple, dict[st
     return out
 
 
-def baseline_checks(df, metrics: Mapping[str, str | None], baseline_of: Mapping[str, tuple[str, ...]],
+def baseline_checks(df, metrics: Mapping[tuple[str, str], str | None], baseline_of: Mapping[str, tuple[str, ...]],
                     label=lambda attack, params: attack) -> dict[tuple, dict[str, Any]]:
     """Per attack setting (a key of `SETTING` values): its baseline (``baseline``), the paired
     difference attack − baseline undefended (``d_baseline``, CI, pairs) and the verdict
@@ -72,7 +72,7 @@ def baseline_checks(df, metrics: Mapping[str, str | None], baseline_of: Mapping[
     out = {}
     for key, g in df.groupby(SETTING, sort=False, dropna=False):
         s = dict(zip(SETTING, key))
-        metric = metrics.get(s["attack"])
+        metric = metrics.get((s["attack"], s["dataset"]))
         if not metric:
             continue
         mine = ok

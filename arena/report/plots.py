@@ -165,7 +165,8 @@ def frontier(lf, attack_label: str, path: Path) -> Path:
             ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom",
                     bbox={"facecolor": "#eeeeee", "edgecolor": "#999999", "hatch": "//", "alpha": 0.9})
         ax.set_xlabel("test accuracy (utility; right is better)")
-        ax.set_ylabel(f"{metric} (leakage; lower is better)")
+        ds_metric = g["metric"].dropna().iloc[0] if g["metric"].notna().any() else metric  # per dataset
+        ax.set_ylabel(f"{ds_metric} (leakage; lower is better)")
         under = "vs_baseline" in g.columns and (g["vs_baseline"] == "under budget").any()
         ax.set_title(f"{attack_label} on {ds}" + ("\nUNDER BUDGET: does not beat its baseline undefended; "
                                                   "no defense is credited" if under else ""), fontsize=10)

@@ -85,14 +85,15 @@ def summarize(cells: list[Cell]):
 def _with_paired(summary, df):
     """Add each row's headline metric, its paired differences from undefended (`paired.defense_deltas`)
     and its setting's paired check against its baseline (`paired.baseline_checks`)."""
-    metrics = {a: attack_metric(a, g) for a, g in summary.groupby("attack", sort=False)}
-    baseline_of = known_baselines(metrics)
+    # per (attack, dataset): a label attack is judged by leak AUC on a binary task, label accuracy elsewhere
+    metrics = {(a, d): attack_metric(a, g) for (a, d), g in summary.groupby(["attack", "dataset"], sort=False)}
+    baseline_of = known_baselines(dict.fromkeys(a for a, _ in metrics))
     deltas = defense_deltas(df, metrics)
     checks = baseline_checks(df, metrics, baseline_of, lambda a, p: a + params_text(p))
     extra = []
     for _, r in summary.iterrows():
         key = tuple(r[c] for c in CELL_COLUMNS)
-        extra.append({"headline": metrics.get(r["attack"]) or ""} | checks.get(key[:len(SETTING)], {})
+        extra.append({"headline": metrics.get((r["attack"], r["dataset"])) or ""} | checks.get(key[:len(SETTING)], {})
                      | deltas.get(key, {}))
     import pandas as pd
 
@@ -194,8 +195,8 @@ def leakage_frame(summary):
     if summary is None or len(summary) == 0:
         return pd.DataFrame(rows)
     ran_at = _ran_at_labels(summary)
-    for attack, g in summary.groupby("attack", sort=True):
-        metric = attack_metric(attack, g)
+    for (attack, _), g in summary.groupby(["attack", "dataset"], sort=True):
+        metric = attack_metric(attack, g)  # per dataset: leak AUC on a binary task (see headline_metric)
         for _, r in g.iterrows():
             v = r.get(metric, math.nan) if metric else math.nan
             ci = r.get(f"{metric}_ci95", math.nan) if metric else math.nan
