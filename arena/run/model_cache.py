@@ -39,7 +39,8 @@ import torch
 # of the two (tests/test_layout.py), so a new or moved file is a decision, not an accident of its name; a file
 # that matches neither counts as training (a needless retraining is safe, a stale model is not).
 TRAINING = ("__init__.py", "records.py", "registry.py", "seeding.py", "params.py", "data/", "models/",
-            "protocol/", "he/", "defenses/", "run/__init__.py", "run/config.py", "run/runner.py")
+            "protocol/", "he/", "defenses/", "run/__init__.py", "run/config.py", "run/plan.py",
+            "run/runner.py")
 NOT_TRAINING = ("attacks/", "scoring/", "report/", "matrix.py", "protocol/view.py", "run/executors.py",
                 "run/workers.py", "run/ray.py", "run/progress.py", "run/plugins.py", "run/store.py",
                 "run/model_cache.py", "run/artifacts.py", "run/grants.py")
