@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from arena.matrix import main as matrix_main  # noqa: E402
 from arena.report.statistics import paired_difference  # noqa: E402
+from arena.report.tables import params_text  # noqa: E402
 from arena.run.store import read_cells  # noqa: E402
 
 EPSILON_KEYS = ("epsilon_labels", "epsilon_activations", "epsilon_weights")
@@ -44,6 +45,11 @@ def _delta(mine: dict[int, float], ref: dict[int, float]) -> str:
     if p.n < 2 or not math.isfinite(p.ci):
         return f"{p.mean:+.3f}"
     return f"{p.mean:+.3f} ±{p.ci:.3f}{'*' if p.distinguishable else ''}"
+
+
+def _attack(c) -> str:
+    """An attack setting's name: its parameters where it has any (cosine-label(sign=abs))."""
+    return c.attack + params_text(json.dumps(c.attack_params, sort_keys=True) if c.attack_params else "")
 
 
 def _params(c) -> str:
@@ -67,7 +73,7 @@ def table(cells) -> str:
     for dataset in sorted({c.dataset for c in ok}):
         mine = [c for c in ok if c.dataset == dataset]
         binary = any(c.metrics.get("n_positive") is not None for c in mine) or dataset.endswith("binary")
-        attacks = sorted({c.attack for c in mine})
+        attacks = sorted({_attack(c) for c in mine})
         metrics = ["label_acc"] + (["leak_auc"] if binary else [])
         rows: dict[tuple[str, str], dict] = {}
         for c in mine:
@@ -77,12 +83,12 @@ def table(cells) -> str:
             for m in metrics:
                 v = c.metrics.get(m)
                 if isinstance(v, (int, float)):
-                    r["m"].setdefault((c.attack, m), {})[c.seed] = v
+                    r["m"].setdefault((_attack(c), m), {})[c.seed] = v
         none = rows.get(("none", ""), {"acc": {}, "m": {}})
         seeds = sorted({c.seed for c in mine})
         lines.append(f"\n## {dataset}  (seeds {', '.join(map(str, seeds))}; Δ = defense − none, paired, "
                      f"mean ± 95% CI half-width; * = CI excludes 0)\n")
-        chance = {a: [c.metrics.get("label_chance") for c in mine if c.attack == a and c.defense == "none"]
+        chance = {a: [c.metrics.get("label_chance") for c in mine if _attack(c) == a and c.defense == "none"]
                   for a in attacks}
         lines.append("chance (label_acc, undefended): " + ", ".join(
             f"{a} {_fmt(sum(v) / len(v))}" for a, v in chance.items() if v and all(isinstance(x, float) for x in v)))

@@ -250,6 +250,12 @@ def test_abs_cosine_scoring_sees_through_max_norm_sign_flips(tiny_data, ushaped)
     # falls to about 0.5 and |cos| keeps about 0.8 (the max-norm docstring's numbers)
     assert absolute > signed and absolute >= 0.95, (signed, absolute)
     assert _run("cosine-label", ushaped, tiny_data, sign="abs")[0]["label_acc"] > 0.6
+    # the same for clustering: rows folded to one sign (cluster-label sign="abs")
+    c_signed = _run("cluster-label", trained, tiny_data)[0]["label_acc"]
+    c_abs = _run("cluster-label", trained, tiny_data, sign="abs")[0]["label_acc"]
+    assert c_abs >= c_signed and c_abs >= 0.9, (c_signed, c_abs)
+    assert _run("cluster-label", ushaped, tiny_data, sign="abs")[0]["label_acc"] > 0.9
+    assert "sign" not in ATTACKS.create("cluster-label").params()
     assert ATTACKS.create("cosine-label").params() == {"known_per_class": 1, "window": "after"}  # old keys kept
     with pytest.raises(ValueError, match="sign must be one of"):
         ATTACKS.create("cosine-label", sign="both")

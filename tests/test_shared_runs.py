@@ -132,3 +132,23 @@ def test_the_matrix_trains_once_per_neutral_defense_and_its_numbers_do_not_chang
         assert c["utility"] == apart[k]["utility"], k
         assert c["effective"] == apart[k]["effective"], k
         assert c["cost"]["client_flops"] == apart[k]["cost"]["client_flops"], k
+
+
+def test_a_cut_too_deep_for_u_shaped_still_trains_the_vanilla_cells(tmp_path):
+    """deeper-split(k=2) at depth 7 cuts LeNet at 9: a valid vanilla split, too deep for a label owner's
+    layer. The u-shaped cell (listed first) is an error that says why; the vanilla cell trains on its own
+    and is never lost."""
+    import json
+
+    from arena.matrix import main
+    from arena.run.store import CELLS
+
+    spec = tmp_path / "e.toml"
+    spec.write_text('[experiment]\ndatasets = ["digits"]\ndepths = [7]\nseeds = [0]\nn_train = 200\nn_test = 100\n'
+                    'n_aux = 50\n[train]\nepochs = 1\nbatch_size = 32\n[[attacks]]\nname = "cosine-label"\n'
+                    '[[attacks]]\nname = "mean-image"\n[[defenses]]\nname = "deeper-split"\nparams = { k = 2 }\n')
+    assert main(["-e", str(spec), "--out", str(tmp_path / "run"), "-q", "--workers", "1"]) == 1  # one error cell
+    cells = {c["attack"]: c for c in map(json.loads, (tmp_path / "run" / CELLS).read_text().splitlines())}
+    assert cells.keys() == {"cosine-label", "mean-image"}
+    assert cells["cosine-label"]["status"] == "error" and "split depth 9" in cells["cosine-label"]["error"]
+    assert cells["mean-image"]["status"] == "ok" and cells["mean-image"]["effective"]["depth"] == 9

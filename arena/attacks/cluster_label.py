@@ -20,7 +20,10 @@ SecretFlow's one known sample per class). What it clusters is ``source``:
 ``requires`` is set per instance from ``source`` (the runner reads the instance's), so a defense that
 removes CUT_GRADIENT blocks the gradient variant only. ``metric``: ``"cosine"`` (rows L2-normalised,
 then Euclidean k-means: spherical clustering) or ``"euclidean"`` (raw rows); ``"auto"`` is Liu & Lyu's
-choice per source: cosine for gradients, Euclidean for activations.
+choice per source: cosine for gradients, Euclidean for activations. ``sign = "abs"``: each row is
+first flipped so that its largest-magnitude coordinate is positive, so a row and its negative are one
+point: the attacker who knows `max-norm` (its scalar N(0,1) factor flips whole rows' signs; the
+direction up to sign is what it keeps). Default ``"signed"``.
 
 k-means (Lloyd, at most ``iterations`` rounds, until no assignment changes; an emptied cluster keeps
 its centre) starts from one centre per class that has a known example: the mean of that class's known
@@ -45,7 +48,7 @@ from ..params import check_choice, check_positive_int
 from ..protocol.view import ServerView
 from ..records import AttackOutput, Capability
 from .base import Attack, register_attack
-from .label_leak import WINDOWS, cut_gradients, known_examples
+from .label_leak import SIGNS, WINDOWS, cut_gradients, known_examples
 
 SOURCES = {"cut_grad": Capability.CUT_GRADIENT, "smashed": Capability.SMASHED,
            "server_out": Capability.SERVER_OUT}
@@ -93,8 +96,9 @@ class ClusterLabel(Attack):
     paper = "Liu & Lyu. Similarity-based Label Inference Attack against Training and Inference of Split Learning"
 
     def __init__(self, source: str = "cut_grad", metric: str = "auto", known_per_class: int = 1,
-                 iterations: int = 100, window: str = "after", **rest: Any) -> None:
+                 iterations: int = 100, window: str = "after", sign: str = "signed", **rest: Any) -> None:
         super().__init__(**rest)
+        self.sign = check_choice("sign", sign, SIGNS)
         self.source = check_choice("source", source, tuple(SOURCES))
         self.metric = check_choice("metric", metric, METRICS)
         self.known_per_class = check_positive_int("known_per_class", known_per_class)  # read by the view builder
@@ -103,8 +107,9 @@ class ClusterLabel(Attack):
         self.requires = frozenset({SOURCES[self.source], Capability.KNOWN_LABELS})
 
     def params(self) -> dict[str, Any]:
-        return {"source": self.source, "metric": self.metric, "known_per_class": self.known_per_class,
-                "iterations": self.iterations, "window": self.window}
+        out = {"source": self.source, "metric": self.metric, "known_per_class": self.known_per_class,
+               "iterations": self.iterations, "window": self.window}
+        return out | ({"sign": self.sign} if self.sign != "signed" else {})  # older cells keep their keys
 
     def distance(self) -> str:
         if self.metric != "auto":
@@ -119,6 +124,9 @@ class ClusterLabel(Attack):
             x = x.flatten(1).double()
         if self.distance() == "cosine":
             x = F.normalize(x, dim=1)
+        if self.sign == "abs":  # each row's largest-magnitude coordinate made positive: a row and its negative
+            big = x.abs().argmax(1, keepdim=True)  # are one point (max-norm flips whole rows' signs)
+            x = x * torch.where(x.gather(1, big) < 0, -1.0, 1.0).to(x.dtype)
         pos, known_y = known_examples(view, self.window, ids, self.known_per_class, self.name)
         classes = torch.unique(known_y)
         if len(classes) < 2:

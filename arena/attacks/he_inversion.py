@@ -50,7 +50,7 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 def invert(f1: nn.Module, targets: torch.Tensor, input_shape: tuple[int, ...], *, iterations: int, lr: float,
            lambda_tv: float, init: float = 0.5, chunk: int = 512, progress=None,
-           relative: bool = False, relu_slope: float = 0.0) -> torch.Tensor:
+           relative: bool = False, relu_slope: float = 0.0, masked: bool = False) -> torch.Tensor:
     """Regularised MLE (He et al. Alg. 1), batched: one Adam over all targets of a chunk.
 
     ``relative``: the fit term is divided by the targets' mean square, so ``lambda_tv`` weighs the
@@ -58,7 +58,11 @@ def invert(f1: nn.Module, targets: torch.Tensor, input_shape: tuple[int, ...], *
     NoPeek's does to norms ~1.7 from ~20, otherwise leaves only the TV term: a flat grey image).
     ``relu_slope`` > 0: the client's ReLUs pass that share of the gradient below zero (values
     unchanged, see unsplit_solver.leaky_relu_gradients): a client whose units are off for the initial
-    grey image (NoPeek's) otherwise gives a zero gradient and the image never moves."""
+    grey image (NoPeek's) otherwise gives a zero gradient and the image never moves.
+    ``masked``: fit only the coordinates that arrived non-zero, against the client's output times a
+    per-target scale fitted with the image (relative, as above): the attacker who knows `dropout` (a
+    dropped coordinate arrives as 0 and says nothing; the survivors are scaled by 1/(1 − p)). Zeros
+    the client's own ReLUs produced are left out too: undefended it is a little weaker."""
     f1.eval()
     for p in f1.parameters():
         p.requires_grad_(False)
@@ -67,18 +71,28 @@ def invert(f1: nn.Module, targets: torch.Tensor, input_shape: tuple[int, ...], *
     with leaky_relu_gradients(f1, relu_slope):
         for k, a in enumerate(chunks):
             out.append(_invert_chunk(f1, a, input_shape, iterations, lr, lambda_tv, init, relative, progress,
-                                     k, len(chunks)))
+                                     k, len(chunks), masked))
     return torch.cat(out)
 
 
 def _invert_chunk(f1: nn.Module, a: torch.Tensor, input_shape: tuple[int, ...], iterations: int, lr: float,
-                  lambda_tv: float, init: float, relative: bool, progress, k: int, n_chunks: int) -> torch.Tensor:
+                  lambda_tv: float, init: float, relative: bool, progress, k: int, n_chunks: int,
+                  masked: bool = False) -> torch.Tensor:
     x = torch.full((len(a), *input_shape), float(init), device=a.device, requires_grad=True)
-    opt = torch.optim.Adam([x], lr=lr)
-    energy = a.pow(2).mean().clamp_min(1e-12) if relative else 1.0
+    keep = (a != 0).to(a.dtype).flatten(1) if masked else None
+    scale = torch.ones(len(a), 1, device=a.device, requires_grad=True)  # masked: the survivors' 1/(1 - p)
+    opt = torch.optim.Adam([x, scale] if masked else [x], lr=lr)
+    if keep is not None:
+        energy = (a.flatten(1).pow(2) * keep).sum() / keep.sum().clamp_min(1)
+    else:
+        energy = a.pow(2).mean().clamp_min(1e-12) if relative else 1.0
     for it in range(iterations):
         opt.zero_grad(set_to_none=True)
-        fit = (f1(x) - a).pow(2).flatten(1).mean(1) / energy
+        if keep is None:
+            fit = (f1(x) - a).pow(2).flatten(1).mean(1) / energy
+        else:
+            err = (scale * f1(x).flatten(1) - a.flatten(1)).pow(2) * keep
+            fit = err.sum(1) / keep.sum(1).clamp_min(1) / energy
         loss = (fit + lambda_tv * total_variation(x)).sum() if lambda_tv else fit.sum()
         loss.backward()
         opt.step()
@@ -155,7 +169,7 @@ class HeWhitebox(Attack):
     def __init__(self, iterations: int = 1000, lr: float = 1e-2, lambda_tv: float = 0.01, init: float = 0.5,
                  window: str = "after", fit: str = "absolute", relu_slope: float = 0.0, **rest: Any) -> None:
         super().__init__(**rest)
-        self.fit = check_choice("fit", fit, ("absolute", "relative"))  # relative: see `invert`
+        self.fit = check_choice("fit", fit, ("absolute", "relative", "masked"))  # see `invert`
         self.relu_slope = check_positive_float("relu_slope", relu_slope, allow_zero=True)  # see `invert`
         self.iterations = check_positive_int("iterations", iterations)
         self.lr = check_positive_float("lr", lr)
@@ -175,8 +189,8 @@ class HeWhitebox(Attack):
             raise RuntimeError("he-whitebox needs the client weights; the view did not grant them")
         f1 = view.client_weights.to(view.device)
         rec = invert(f1, acts.to(view.device), view.input_shape, iterations=self.iterations, lr=self.lr,
-                     lambda_tv=self.lambda_tv, init=self.init, progress=report(view), relative=self.fit == "relative",
-                     relu_slope=self.relu_slope)
+                     lambda_tv=self.lambda_tv, init=self.init, progress=report(view), relative=self.fit != "absolute",
+                     relu_slope=self.relu_slope, masked=self.fit == "masked")
         return AttackOutput(ids=ids, reconstructions=rec.cpu())
 
 

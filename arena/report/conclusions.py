@@ -14,6 +14,15 @@ from .paired import ABOVE, IS_BASELINE, NO_BASELINE, UNDER, paired_of, paired_te
 ACC_BUDGET = 0.02  # "keeps utility": test accuracy within 2 points of the undefended run
 
 
+def keeps_utility(r, ref) -> bool:
+    """Within ACC_BUDGET of undefended in test accuracy and, on a binary task (where always answering the
+    majority class already scores 0.9 accuracy), in test AUC too."""
+    if not (r.test_acc == r.test_acc and r.test_acc >= ref.test_acc - ACC_BUDGET):
+        return False
+    mine, theirs = getattr(r, "test_auc", float("nan")), getattr(ref, "test_auc", float("nan"))
+    return not (mine == mine and theirs == theirs) or mine >= theirs - ACC_BUDGET
+
+
 def _f(v: float) -> str:
     return "?" if v is None or v != v else f"{v:.3f}"
 
@@ -69,8 +78,7 @@ def conclude(lf, attack_label: str, dataset: str) -> list[str]:
             return out
         out.append(_change("Lowest leakage", best, ref, metric))
         if ref is not None:
-            keep = [r for r in others.itertuples() if r.test_acc == r.test_acc
-                    and r.test_acc >= ref.test_acc - ACC_BUDGET]
+            keep = [r for r in others.itertuples() if keeps_utility(r, ref)]
             if keep:
                 kbest = min(keep, key=lambda r: r.value)
                 p = paired_of(kbest, "d_headline")
@@ -236,7 +244,7 @@ def overview(lf) -> tuple[list[str], list[list[str]]]:
             d_acc = f" ({100 * (best.test_acc - ref.test_acc):+.1f} pts)" if ref is not None else ""
             low = f"{best.defense_label}: {_f(best.value)}{d_acc}"
             if ref is not None:
-                keep = [r for r in others if r.test_acc >= ref.test_acc - ACC_BUDGET and r.value < ref.value]
+                keep = [r for r in others if keeps_utility(r, ref) and r.value < ref.value]
                 if keep:
                     k = min(keep, key=lambda r: r.value)
                     p = paired_of(k, "d_headline")

@@ -156,9 +156,13 @@ def _attack_table(g) -> tuple[list[str], list[list[str]]]:
             if r.defense == "none" and getattr(r, "vs_baseline", "") in (UNDER, NO_BASELINE, ABOVE):
                 state += f"; {_baseline_note(r)}"
             value = _pm(r.value, r.ci) + (f" ({r.metric})" if len(used) > 1 else "")
+            acc, d_acc = _pm(r.test_acc, r.test_acc_ci), _delta(r, "d_test_acc")
+            auc = getattr(r, "test_auc", float("nan"))
+            if auc == auc:  # a binary task: accuracy alone hides the cost (always "rest" scores 0.9)
+                acc += f"; AUC {auc:.3f}"
+                d_acc += "" if r.defense == "none" else f"; AUC {_delta(r, 'd_test_auc')}"
             rows.append([r.dataset, r.depth, r.defense_label, r.n_seeds, value,
-                         _delta(r, "d_headline"), _pm(r.test_acc, r.test_acc_ci), _delta(r, "d_test_acc"),
-                         _cost(r.cost), state])
+                         _delta(r, "d_headline"), acc, d_acc, _cost(r.cost), state])
     return header, rows
 
 

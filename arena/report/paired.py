@@ -58,6 +58,8 @@ def defense_deltas(df, metrics: Mapping[tuple[str, str], str | None]) -> dict[tu
         if metric:
             row |= _cols("d_headline", paired_difference(_per_seed(g, metric), _per_seed(ref, metric)))
         row |= _cols("d_test_acc", paired_difference(_per_seed(g, "test_acc"), _per_seed(ref, "test_acc")))
+        if _per_seed(g, "test_auc"):  # binary tasks: the model's AUC, which accuracy at 10% positives hides
+            row |= _cols("d_test_auc", paired_difference(_per_seed(g, "test_auc"), _per_seed(ref, "test_auc")))
         out[key] = row
     return out
 

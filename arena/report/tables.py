@@ -226,7 +226,7 @@ def leakage_frame(summary):
                 "state": state, "n_seeds": n, "dropped": int(r["n_seeds"]) - n,
                 "targets": _num(r, "n_labels" if metric in ("label_acc", "leak_auc") else "n_targets"),
                 "positives": _num(r, "n_positive"),
-                "test_acc": r.get("test_acc", math.nan),
+                "test_acc": r.get("test_acc", math.nan), "test_auc": r.get("test_auc", math.nan),
                 "test_acc_ci": r.get("test_acc_ci95", math.nan), "cost": cost,
                 "reason": reason, "error": r.get("error") or ""}
                 | {"baseline": _text(r, "baseline"), "vs_baseline": _text(r, "vs_baseline")}
@@ -234,7 +234,7 @@ def leakage_frame(summary):
     return pd.DataFrame(rows)
 
 
-PAIRED_PREFIXES = ("d_headline", "d_test_acc", "d_baseline", "d_base_", "base_")
+PAIRED_PREFIXES = ("d_headline", "d_test_acc", "d_test_auc", "d_baseline", "d_base_", "base_")
 
 
 def _text(row, col: str) -> str:

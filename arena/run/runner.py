@@ -123,14 +123,21 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
                 sides[s.scenario.setup] = sides[train_sc.setup]
             else:
                 failed[s.scenario.setup] = failed[train_sc.setup]
-    elif train_sc.setup in failed and train_sc.setup != sc.setup and "vanilla" in sides:
-        # a cut too deep for the label owner's layers (u-shaped) is still a valid vanilla split: the
-        # vanilla cells train on their own
+    elif (train_sc.setup == "u-shaped" and any(s.scenario.setup == "vanilla" for s in specs)
+          and sides.get("vanilla", (None, None, False))[2]
+          and ("u-shaped" in failed or not sides["u-shaped"][2])):
+        # a cut too deep for the label owner's layers (u-shaped) is still a valid vanilla split, and a
+        # defense that does not apply u-shaped may still apply vanilla: the vanilla cells train on their own
+        # (the u-shaped cells are errors or n/a, so none is served from this run)
         train_sc = replace(train_sc, setup="vanilla")
     for s in [s for s in specs if s.scenario.setup in failed]:
         yield _cell(s, "error", error=_err(failed[s.scenario.setup]), wall_s=time.perf_counter() - t0)
     specs = [s for s in specs if s.scenario.setup not in failed]
-    if not specs or train_sc.setup not in sides:
+    if not specs:
+        return
+    if train_sc.setup not in sides:  # never silently: every remaining cell says why it did not run
+        for s in specs:
+            yield _cell(s, "error", error=_err(failed[train_sc.setup]), wall_s=time.perf_counter() - t0)
         return
     attacks = [ATTACKS.create(s.attack.name, **s.attack.kwargs) for s in specs]
     defense, defended, applies = sides[train_sc.setup]
@@ -188,7 +195,10 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
 
     def serve(setup_name: str) -> tuple[TrainResult, dict[str, Any]]:
         if setup_name not in served:
-            vanilla = sides[setup_name][1].scenario.setup == "vanilla" and defended.scenario.setup == "u-shaped"
+            mine = sides[setup_name][1].scenario.setup
+            vanilla = mine == "vanilla" and defended.scenario.setup == "u-shaped"
+            if mine != defended.scenario.setup and not vanilla:  # a run serves only its own or derived cells
+                raise RuntimeError(f"a {defended.scenario.setup} run cannot serve a {mine} cell")
             served[setup_name] = ((as_vanilla(result, data.shape), vanilla_cost(cost, result.model.client, data.shape))
                                   if vanilla else (result, cost))
         return served[setup_name]
