@@ -96,6 +96,10 @@ def heatmap(lf, dataset: str, path: Path) -> Path:
                 ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor="#f7f7f7", edgecolor="white", lw=1))
             ax.text(j + 0.5, i + 0.5, f"{r.value:.2f}{star}{ci}", ha="center", va="center", fontsize=small,
                     color="#808080" if _under_budget(r) else "white" if r.norm > 0.55 else "black")
+    for i, row in enumerate(rows):  # a pairing the experiment did not include: said so, never blank
+        for j, col in enumerate(cols):
+            if (row, col) not in cell:
+                ax.text(j + 0.5, i + 0.5, "not run", ha="center", va="center", fontsize=small - 1, color="#9a9a9a")
     ax.set_xlabel("defense")
     ax.set_ylabel("attack  [headline leakage metric]")
     ax.set_xticklabels(cols, rotation=30, ha="right")
