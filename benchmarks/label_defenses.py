@@ -77,14 +77,16 @@ def table(cells) -> str:
         metrics = ["label_acc"] + (["leak_auc"] if binary else [])
         rows: dict[tuple[str, str], dict] = {}
         for c in mine:
-            r = rows.setdefault((c.defense, _params(c)), {"acc": {}, "eps": "", "m": {}})
+            r = rows.setdefault((c.defense, _params(c)), {"acc": {}, "auc": {}, "eps": "", "m": {}})
             r["acc"][c.seed] = c.utility.get("test_acc")
+            if isinstance(c.utility.get("test_auc"), float):  # binary tasks: accuracy hides the cost
+                r["auc"][c.seed] = c.utility["test_auc"]
             r["eps"] = r["eps"] or _epsilon(c.cost)
             for m in metrics:
                 v = c.metrics.get(m)
                 if isinstance(v, (int, float)):
                     r["m"].setdefault((_attack(c), m), {})[c.seed] = v
-        none = rows.get(("none", ""), {"acc": {}, "m": {}})
+        none = rows.get(("none", ""), {"acc": {}, "auc": {}, "m": {}})
         seeds = sorted({c.seed for c in mine})
         lines.append(f"\n## {dataset}  (seeds {', '.join(map(str, seeds))}; Δ = defense − none, paired, "
                      f"mean ± 95% CI half-width; * = CI excludes 0)\n")
@@ -93,13 +95,19 @@ def table(cells) -> str:
         lines.append("chance (label_acc, undefended): " + ", ".join(
             f"{a} {_fmt(sum(v) / len(v))}" for a, v in chance.items() if v and all(isinstance(x, float) for x in v)))
         for m in metrics:
-            head = f"{'defense':<22} {'params':<44} {'test_acc':>8} {'Δ test_acc':<28} {'privacy':<22}"
+            head = f"{'defense':<22} {'params':<44} {'test_acc':>8} {'Δ test_acc':<28} " + (
+                f"{'test_auc':>8} {'Δ test_auc':<28} " if binary else "") + f"{'privacy':<22}"
             lines.append(f"\n### {m}\n")
             lines.append(head + "".join(f" {a + ' ' + m:>14} {'Δ':<27}" for a in attacks))
             for (d, p), r in sorted(rows.items(), key=lambda kv: (kv[0][0] != "none", kv[0])):
                 acc = [v for v in r["acc"].values() if isinstance(v, float)]
                 s = (f"{d:<22} {p[:44]:<44} {_fmt(sum(acc) / len(acc)) if acc else '-':>8} "
-                     f"{_delta(r['acc'], none['acc']) if d != 'none' else '':<28} {r['eps'][:22]:<22}")
+                     f"{_delta(r['acc'], none['acc']) if d != 'none' else '':<28} ")
+                if binary:
+                    auc = list(r["auc"].values())
+                    s += (f"{_fmt(sum(auc) / len(auc)) if auc else '-':>8} "
+                          f"{_delta(r['auc'], none['auc']) if d != 'none' else '':<28} ")
+                s += f"{r['eps'][:22]:<22}"
                 for a in attacks:
                     v = r["m"].get((a, m), {})
                     s += f" {_fmt(sum(v.values()) / len(v)) if v else '-':>14} " \
