@@ -15,34 +15,19 @@ from arena.defenses.noise import clip_rows
 from arena.defenses.nopeek import distance_correlation
 from arena.models import build_model
 from arena.defenses.privacy import analytic_gaussian_epsilon, classic_gaussian_epsilon, composed_epsilon
-from arena.protocol.train import make_setup, train
+from arena.protocol.train import make_setup
 from arena.records import Scenario, TrainConfig
-from arena.seeding import seed_everything, torch_generator
+from arena.seeding import torch_generator
 from arena.protocol.split import split
+from cellruns import assert_same_transcript, train_cell
 
 CFG = TrainConfig(epochs=1, batch_size=16, record_steps=2, max_steps=5)
 
 
 def _run(data, defense="none", setup="vanilla", cfg=CFG, **params):
     """One cell's training as the runner does it: same seeds for every defense."""
-    sc = Scenario("digits", "lenet", 1, setup=setup, seed=0, train=cfg)
-    seed_everything(0, "init")
-    base = make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
-    d = DEFENSES.create(defense, **params)
-    defended = d.apply(base, torch_generator(0, "defense"))
-    seed_everything(0, "train")
-    res = train(defended, data, torch_generator(0, "train"))
-    d.after_training(res)
+    d, _, defended, res = train_cell(data, defense, setup, cfg, **params)
     return d, defended, res
-
-
-def _fields(res):
-    out = []
-    for w in ("before", "after"):
-        for o in res.transcript.observations(w):
-            out += [o.ids, o.smashed, o.labels, o.cut_grad, o.server_out]
-            out += [g for tg in (o.tail_grads or []) for g in tg.values()]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +46,7 @@ def test_strength_zero_reproduces_none_exactly(tiny_data, undefended, name, para
     _, _, res = _run(tiny_data, name, setup, **params)
     ref = undefended[setup]
     assert res.test_acc == ref.test_acc
-    a, b = _fields(res), _fields(ref)
-    assert len(a) == len(b) and sum(t is not None for t in a) >= 8
-    for x, y in zip(a, b):
-        assert (x is None) == (y is None)
-        if x is not None:
-            assert torch.equal(x, y)
+    assert_same_transcript(res, ref)
     assert all(torch.equal(p, q) for p, q in zip(res.model.client.parameters(), ref.model.client.parameters()))
 
 

@@ -14,11 +14,12 @@ from arena.defenses import DEFENSES
 from arena.defenses.max_norm import max_norm_factors
 from arena.defenses.sparsify import keep_top
 from arena.models import build_model
-from arena.protocol.train import Data, make_setup, train
+from arena.protocol.train import Data, make_setup
 from arena.records import NOT_APPLICABLE, Scenario, TrainConfig
 from arena.run.runner import make_view
 from arena.scoring.score import score
-from arena.seeding import seed_everything, torch_generator
+from arena.seeding import torch_generator
+from cellruns import assert_same_transcript, train_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,35 +31,12 @@ INVERT = TrainConfig(epochs=2, batch_size=32, record_steps=1)  # 32 targets for 
 def _run(data, defense="none", setup="vanilla", cfg=CFG, stack=(), **params):
     """One cell's training as the runner does it (same seeds for every defense); ``stack``: defenses
     applied first, as (name, params) pairs."""
-    sc = Scenario("digits", "lenet", 1, setup=setup, seed=0, train=cfg)
-    seed_everything(0, "init")
-    setup_ = make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
-    for name, p in stack:
-        setup_ = DEFENSES.create(name, **p).apply(setup_, torch_generator(0, "defense", name))
-    d = DEFENSES.create(defense, **params)
-    defended = d.apply(setup_, torch_generator(0, "defense"))
-    seed_everything(0, "train")
-    res = train(defended, data, torch_generator(0, "train"))
-    d.after_training(res)
+    d, _, defended, res = train_cell(data, defense, setup, cfg, stack=stack, **params)
     return d, defended, res
 
 
-def _fields(res):
-    out = []
-    for w in ("before", "after"):
-        for o in res.transcript.observations(w):
-            out += [o.ids, o.smashed, o.labels, o.cut_grad, o.server_out]
-            out += [g for tg in (o.tail_grads or []) for g in tg.values()]
-    return out
-
-
 def _same_run(res, ref):
-    a, b = _fields(res), _fields(ref)
-    assert len(a) == len(b) and sum(t is not None for t in a) >= 8
-    for x, y in zip(a, b):
-        assert (x is None) == (y is None)
-        if x is not None:
-            assert torch.equal(x, y)
+    assert_same_transcript(res, ref)
     assert all(torch.equal(p, q) for p, q in zip(res.model.client.parameters(), ref.model.client.parameters()))
     assert all(torch.equal(p, q) for p, q in zip(res.model.tail.parameters(), ref.model.tail.parameters()))
 

@@ -13,12 +13,12 @@ from scipy.optimize import minimize
 from arena.attacks import ATTACKS
 from arena.defenses import DEFENSES
 from arena.defenses.marvell import Marvell, _State, marvell_noise, solve, sum_kl
-from arena.models import build_model
-from arena.protocol.train import Data, make_setup, train
-from arena.records import Scenario, TrainConfig
+from arena.protocol.train import Data
+from arena.records import TrainConfig
 from arena.run.runner import make_view
 from arena.scoring.score import score
-from arena.seeding import seed_everything, torch_generator
+from arena.seeding import torch_generator
+from cellruns import assert_same_transcript, train_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = TrainConfig(epochs=2, batch_size=32, record_steps=3)
@@ -32,15 +32,7 @@ def binary(tiny_data):
 
 
 def _run(data, defense="none", setup="u-shaped", cfg=CFG, **params):
-    sc = Scenario("digits-binary", "lenet", 1, setup=setup, seed=0, train=cfg)
-    seed_everything(0, "init")
-    base = make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
-    d = DEFENSES.create(defense, **params)
-    defended = d.apply(base, torch_generator(0, "defense"))
-    seed_everything(0, "train")
-    res = train(defended, data, torch_generator(0, "train"))
-    d.after_training(res)
-    return d, base, defended, res
+    return train_cell(data, defense, setup, cfg, dataset="digits-binary", **params)
 
 
 def _leak(data, run):
@@ -177,15 +169,6 @@ def test_bad_parameters_are_clear_errors(params, needle):
         DEFENSES.create("marvell", **params)
 
 
-def _fields(res):
-    out = []
-    for w in ("before", "after"):
-        for o in res.transcript.observations(w):
-            out += [o.ids, o.smashed, o.labels, o.cut_grad, o.server_out]
-            out += [g for tg in (o.tail_grads or []) for g in tg.values()]
-    return out
-
-
 @pytest.mark.parametrize("setup", ["u-shaped", "label-only"])
 def test_strength_zero_reproduces_none_exactly(binary, setup):
     cfg = TrainConfig(epochs=1, batch_size=16, record_steps=2, max_steps=5)
@@ -193,12 +176,7 @@ def test_strength_zero_reproduces_none_exactly(binary, setup):
     d, base, defended, res = _run(binary, "marvell", setup=setup, cfg=cfg, s=0.0)
     assert defended is base and d.report()["marvell_batches"] == 0
     assert res.test_acc == ref.test_acc
-    a, b = _fields(res), _fields(ref)
-    assert len(a) == len(b) and sum(t is not None for t in a) >= 8
-    for x, y in zip(a, b):
-        assert (x is None) == (y is None)
-        if x is not None:
-            assert torch.equal(x, y)
+    assert_same_transcript(res, ref)
     assert all(torch.equal(p, q) for p, q in zip(res.model.client.parameters(), ref.model.client.parameters()))
 
 

@@ -13,12 +13,13 @@ from arena.defenses import DEFENSES
 from arena.defenses.label_dp import keep_probability, randomized_response
 from arena.defenses.mid import Bottleneck
 from arena.models import build_model
-from arena.protocol.train import _tail_adam, derived_generator, make_setup, train
+from arena.protocol.train import _tail_adam, derived_generator, make_setup
 from arena.protocol.transcript import resolve
 from arena.records import NOT_APPLICABLE, Scenario, TrainConfig
 from arena.run.runner import make_view
 from arena.scoring.score import score
-from arena.seeding import seed_everything, torch_generator
+from arena.seeding import torch_generator
+from cellruns import assert_same_transcript, train_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,14 +29,7 @@ LONG = TrainConfig(epochs=8, batch_size=32, lr=2e-3, record_steps=3)  # 150 step
 
 def _run(data, defense="none", setup="u-shaped", cfg=SHORT, **params):
     """One cell's training as the runner does it: same seeds for every defense."""
-    sc = Scenario("digits", "lenet", 1, setup=setup, seed=0, train=cfg)
-    seed_everything(0, "init")
-    base = make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
-    d = DEFENSES.create(defense, **params)
-    defended = d.apply(base, torch_generator(0, "defense"))
-    seed_everything(0, "train")
-    res = train(defended, data, torch_generator(0, "train"))
-    d.after_training(res)
+    d, _, defended, res = train_cell(data, defense, setup, cfg, **params)
     return d, defended, res
 
 
@@ -44,15 +38,6 @@ def _attack(name, run, data):
     attack = ATTACKS.create(name)
     out = attack.run(make_view(attack, setup, res, data, "cpu"), torch_generator(0, "attack"))
     return score(out, res, data.x_test, data.y_test), out
-
-
-def _fields(res):
-    out = []
-    for w in ("before", "after"):
-        for o in res.transcript.observations(w):
-            out += [o.ids, o.smashed, o.labels, o.cut_grad, o.server_out]
-            out += [g for tg in (o.tail_grads or []) for g in tg.values()]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +54,7 @@ def test_label_dp_infinite_epsilon_reproduces_none_exactly(tiny_data, setup):
     _, defended, res = _run(tiny_data, "label-dp", setup, epsilon=math.inf)
     _, _, ref = _run(tiny_data, "none", setup)
     assert defended.label_transform is None and res.test_acc == ref.test_acc
-    a, b = _fields(res), _fields(ref)
-    assert len(a) == len(b) and sum(t is not None for t in a) >= 8
-    for x, y in zip(a, b):
-        assert (x is None) == (y is None) and (x is None or torch.equal(x, y))
+    assert_same_transcript(res, ref)
     assert all(torch.equal(p, q) for p, q in zip(res.model.client.parameters(), ref.model.client.parameters()))
 
 

@@ -7,11 +7,9 @@ import pytest
 import torch
 
 from arena.defenses import DEFENSES
-from arena.models import build_model
 from arena.protocol.derive import as_vanilla
-from arena.protocol.train import make_setup, train
-from arena.records import Scenario, TrainConfig
-from arena.seeding import seed_everything, torch_generator
+from arena.records import TrainConfig
+from cellruns import train_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = TrainConfig(epochs=1, batch_size=16, record_steps=2, max_steps=6)
@@ -20,12 +18,7 @@ NEUTRAL = [("none", {}), ("deeper-split", {"k": 1}), ("noise", {"scale": 0.5}), 
 
 
 def _train(data, defense, params, setup):
-    sc = Scenario("digits", "lenet", 1, setup=setup, seed=0, train=CFG)
-    seed_everything(0, "init")
-    base = make_setup(sc, build_model("lenet", data.shape, data.num_classes), data.shape)
-    defended = DEFENSES.create(defense, **params).apply(base, torch_generator(0, "defense"))
-    seed_everything(0, "train")
-    return train(defended, data, torch_generator(0, "train"))
+    return train_cell(data, defense, setup, CFG, **params)[3]
 
 
 def test_the_neutral_defenses_are_the_declared_ones():

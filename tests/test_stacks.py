@@ -19,6 +19,7 @@ from arena.registry import UnknownNameError
 from arena.run.config import SpecError, experiment_from_dict
 from arena.run.runner import plan
 from arena.seeding import seed_everything, torch_generator
+from cellruns import assert_same_transcript
 
 C = Capability
 CFG = TrainConfig(epochs=1, batch_size=16, record_steps=2, max_steps=5)
@@ -127,15 +128,6 @@ def _run(data, name, setup, **params):
     return base, defended, res
 
 
-def _fields(res):
-    out = []
-    for w in ("before", "after"):
-        for o in res.transcript.observations(w):
-            out += [o.ids, o.smashed, o.labels, o.cut_grad, o.server_out]
-            out += [g for tg in (o.tail_grads or []) for g in tg.values()]
-    return out
-
-
 # --- strength zero ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,params,setup", [
@@ -148,12 +140,7 @@ def test_stack_of_strength_zero_members_reproduces_none_exactly(tiny_data, name,
     assert defended is base  # every member returned the setup it got
     _, _, ref = _run(tiny_data, "none", setup)
     assert res.test_acc == ref.test_acc
-    a, b = _fields(res), _fields(ref)
-    assert len(a) == len(b) and sum(t is not None for t in a) >= 8
-    for x, y in zip(a, b):
-        assert (x is None) == (y is None)
-        if x is not None:
-            assert torch.equal(x, y)
+    assert_same_transcript(res, ref)
     assert all(torch.equal(p, q) for p, q in zip(res.model.client.parameters(), ref.model.client.parameters()))
     assert all(torch.equal(p, q) for p, q in zip(res.model.tail.parameters(), ref.model.tail.parameters()))
 
