@@ -135,7 +135,14 @@ def groups(specs: list[CellSpec]) -> list[list[CellSpec]]:
 
 def _entry_train(exp: Experiment, a: Entry):
     """The [train] settings of an attack entry's runs: the experiment's, with the entry's overrides."""
-    over = dict(a.train) | ({} if a.record_steps is None else {"record_steps": a.record_steps})
+    over = dict(a.train)
+    cov = ATTACKS.create(a.name, **a.kwargs).coverage()  # what the attack declared it needs observed
+    if a.record_steps is not None:  # the experiment's entry overrides the attack's declaration
+        over["record_steps"] = a.record_steps
+    elif cov.steps is not None:
+        over["record_steps"] = cov.steps
+    if cov.tracked:
+        over["track"] = cov.tracked
     return replace(exp.train, **over) if over else exp.train
 
 
