@@ -152,3 +152,23 @@ def test_list_marks_adaptive_attacks(probes):
 
     out = list_everything()
     assert "ADAPTIVE: built against noise" in out
+
+
+def test_inversion_through_rebuilt_activations_beats_the_grey_image_under_he(run_matrix):
+    pytest.importorskip("tenseal")
+    cells = run_matrix(TINY.format(steps=6) + """
+[[attacks]]
+name = "mean-image"
+[[attacks]]
+name = "he-whitebox"
+params = { iterations = 150, fit = "relative", lambda_tv = 0.1, relu_slope = 0.01 }
+[[defenses]]
+name = "he"
+grid = { train_server = [true, false] }
+""")
+    by = {(c["attack"], c["defense_params"]["train_server"]): c for c in cells}
+    base, inv = by[("mean-image", True)], by[("he-whitebox", True)]
+    assert inv["status"] == "ok", inv.get("error")
+    assert inv["metrics"]["ssim"] > base["metrics"]["ssim"] + 0.3, (inv["metrics"], base["metrics"])
+    assert "exact" in inv["derived"]["smashed"]
+    assert by[("he-whitebox", False)]["status"] == "blocked"  # no dL/dW: nothing to rebuild from
