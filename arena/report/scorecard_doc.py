@@ -27,26 +27,24 @@ def with_same_cut(sc):
     if sc.empty:
         return sc.assign(same_cut=[])
     same = [""] * len(sc)
-    order: list[int] = []
-    placed: set[int] = set()
-    for i, r in enumerate(sc.itertuples()):
-        if i in placed:
-            continue
-        order.append(i)
+    rows = list(sc.itertuples())
+    after: dict[int, list[int]] = {}  # moved row -> the rows placed right after it
+    for i, r in enumerate(rows):
         if not r.effective_depth or r.defense == DEEPER:
             continue
-        match = [j for j, o in enumerate(sc.itertuples()) if o.defense == DEEPER and o.dataset == r.dataset
+        match = [j for j, o in enumerate(rows) if o.defense == DEEPER and o.dataset == r.dataset
                  and o.effective_depth == r.effective_depth]
         depth = r.effective_depth.replace(",", "/")
-        if match:
-            same[i] = "same cut as " + ", ".join(sc.iloc[j]["defense_label"] for j in match) + f" (depth {depth})"
-            for j in match:
-                same[j] = f"runs at depth {depth}, as {r.defense_label}"
-                if j not in placed and j not in order:
-                    order.append(j)
-                    placed.add(j)
-        else:
+        if not match:
             same[i] = f"no {DEEPER} at depth {depth} in this run: encryption and the deeper cut are not separated"
+            continue
+        same[i] = "same cut as " + ", ".join(rows[j].defense_label for j in match) + f" (depth {depth})"
+        for j in match:
+            same[j] = same[j] or f"runs at depth {depth}, as {r.defense_label}"
+            if not any(j in v for v in after.values()):
+                after.setdefault(i, []).append(j)
+    moved = {j for v in after.values() for j in v}
+    order = [k for i in range(len(rows)) if i not in moved for k in [i, *after.get(i, [])]]
     return sc.assign(same_cut=same).iloc[order].reset_index(drop=True)
 
 
