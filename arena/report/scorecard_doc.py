@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from .scorecard import BROKEN, HOLDS, KINDS, LEAKS
+from .scorecard import BROKEN, HOLDS, KINDS, LEAKS, ONE_SEED
 
 CSV = "scorecard.csv"
 DEEPER = "deeper-split"
@@ -60,10 +60,19 @@ def _f(v) -> str:
     return "-" if not isinstance(v, (int, float)) or v != v else f"{v:.3f}"
 
 
-def kind_text(r, kind: str) -> str:
-    """"**broken** ssim 0.997 by he-whitebox(...) [adaptive]" for one row and kind."""
+def one_seed_only(sc) -> bool:
+    """Every decided verdict (holds / broken / leaks) of the run is a one-seed point comparison."""
+    decided = [v for k in KINDS for v in sc[f"{k}_verdict"] if v.startswith((BROKEN, HOLDS, LEAKS))]
+    return bool(decided) and all(ONE_SEED in v for v in decided)
+
+
+def kind_text(r, kind: str, quiet_one_seed: bool = False) -> str:
+    """"**broken** ssim 0.997 by he-whitebox(...) [adaptive]" for one row and kind (``quiet_one_seed``:
+    without the "(1 seed: no CI)" the table's caption says once for the whole run)."""
     g = lambda k: getattr(r, f"{kind}_{k}")  # noqa: E731
     verdict, worst = g("verdict"), g("worst")
+    if quiet_one_seed:
+        verdict = verdict.replace(f" ({ONE_SEED})", "")
     head = f"**{verdict}**" if verdict.startswith((BROKEN, HOLDS, LEAKS)) else verdict
     if worst != worst:
         return head + (f"; {g('note')}" if g("note") else "")
@@ -97,9 +106,10 @@ def table(sc) -> tuple[list[str], list[list[str]]]:
     header = ["dataset", "defense", *KINDS, "Δ test acc vs none (paired)", "client time / bytes per sample",
               "ε (scope)", "split"]
     rows = []
+    quiet = one_seed_only(sc)
     for r in sc.itertuples():
         split = "; ".join(x for x in (f"runs {r.effective}" if r.effective else "", r.same_cut) if x)
-        rows.append([r.dataset, f"`{r.defense_label}`", *(kind_text(r, k) for k in KINDS), _acc(r), _cost(r),
+        rows.append([r.dataset, f"`{r.defense_label}`", *(kind_text(r, k, quiet) for k in KINDS), _acc(r), _cost(r),
                      r.privacy or "-", split or "-"])
     return header, rows
 
@@ -138,6 +148,9 @@ def blocks(sc, figure: str | None) -> list[tuple]:
                               f"included (also written as `{CSV}`). The undefended row on top is the reference.")]
     if sc.empty:
         return out + [("p", "No cells yet.")]
+    if one_seed_only(sc):
+        out.append(("p", f"**One seed** ({ONE_SEED}): every verdict below is a point comparison with the baseline, "
+                         "without a confidence interval; run more seeds before relying on a hold."))
     out.append(("table", *table(sc)))
     if figure:
         out.append(("img", figure, "Worst-case leakage per defense (rows) and attack kind (columns): 0 = the "
