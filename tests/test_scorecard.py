@@ -15,7 +15,6 @@ from arena.report.scorecard import DP_SGD_NOT_CREDITED, ONE_SEED, scorecard
 from arena.report.scorecard_doc import with_same_cut
 from arena.run.store import CellStore
 
-FIELDS = {f.name for f in dataclasses.fields(Cell)}
 NOISE = ("noise", {"sigma": 1.0})
 
 
@@ -28,13 +27,7 @@ def cell(attack, defense=("none", {}), seed=0, metrics=None, status="ok", reason
              metrics=metrics or {} if status == "ok" else {}, utility={"test_acc": acc} if status == "ok" else {},
              cost={"client_s_per_sample": 1e-4, "bytes_per_sample": 4096} if status == "ok" else {},
              effective=effective or {})
-    # adapts_to / derived: Cell fields of the issue-17 schema; set on the instance where this Cell lacks them
-    for k, v in (("adapts_to", list(adapts_to)), ("derived", derived or {})):
-        if k in FIELDS:
-            c = dataclasses.replace(c, **{k: v})
-        else:
-            object.__setattr__(c, k, v)
-    return c
+    return dataclasses.replace(c, adapts_to=list(adapts_to), derived=derived or {})
 
 
 def inversion_run(seeds=3, adaptive_leak=0.6) -> list[Cell]:
@@ -84,10 +77,8 @@ def test_an_adaptive_attack_breaks_a_defense_the_oblivious_one_does_not():
 
 
 def test_derived_capabilities_mark_an_attack_adaptive():
-    cells = [dataclasses.replace(c) for c in inversion_run()]
-    for c in cells:
-        if c.attack == "unsplit" and c.defense == "noise":
-            object.__setattr__(c, "derived", {"smashed": "least squares from (g_h, dL/dW)"})
+    cells = [dataclasses.replace(c, derived={"smashed": "least squares from (g_h, dL/dW)"})
+             if c.attack == "unsplit" and c.defense == "noise" else c for c in inversion_run()]
     sc = scorecard([c for c in cells if c.attack != "he-whitebox"])
     assert _row(sc, "noise(sigma=1.0)")["inversion_adaptive"]
 
