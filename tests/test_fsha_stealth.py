@@ -159,7 +159,7 @@ def test_declares_fshas_threat_model_and_its_target():
 
 @pytest.mark.parametrize("kw,needle", [
     ({"answer": "silent"}, "answer"), ({"fake_scale": 0}, "fake_scale"), ({"fake_scale": -1.0}, "fake_scale"),
-    ({"answer": "mirror", "fake_scale": None}, "fake_scale"), ({"lr_head": 0}, "lr_head"),
+    ({"answer": "mirror", "fake_scale": None}, "fake_scale"), ({"fake_scale": "big"}, "fake_scale"), ({"lr_head": 0}, "lr_head"),
     ({"head_width": 0}, "head_width"), ({"head_width": 2.5}, "head_width"), ({"ema": 1.0}, "ema"),
     ({"ema": -0.1}, "ema"), ({"p_fake": 0}, "p_fake"), ({"p_fake": 1.0}, "p_fake"), ({"start": -1}, "start"),
     ({"steps": 0}, "steps"), ({"lr": 1e-3}, "unknown parameter"),

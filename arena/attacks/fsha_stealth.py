@@ -36,10 +36,21 @@ consecutive directions agree.
 
 Under a defense other than SplitGuard (when the run says so through ``ctx.defense``) the policy is
 plain FSHA: nothing to hide from. Outside the vanilla setup (no labels) it is plain FSHA too.
-Parameters beyond FSHA's: ``answer`` ("honest"), ``fake_scale`` (4.0; None: the honest norm),
+Parameters beyond FSHA's: ``answer`` ("honest"), ``fake_scale`` (4.0; None or "natural": the honest norm),
 ``lr_head`` (1e-3), ``head_width`` (128), ``ema`` (0.9, the decay of the accuracy estimate),
 ``p_fake``/``start`` (None: from the defense's public parameters, else SplitGuard's defaults).
 Records ``extra["judged_fake"]`` (batches answered as fake) and ``extra["head_acc"]``.
+
+Measured at the default experiment's scale (Fashion-MNIST, LeNet depth 1, 55,000 private images,
+3 epochs of 64, n_aux 5000; FSHA's quick.toml entry {checkpoints 4, steps 600} for both; SplitGuard
+at its defaults p_fake 0.1, start 10), seeds 0 / 1, ``python -m arena.matrix -e /tmp/hide.toml``:
+plain FSHA is stopped at steps 73 / 49 (SSIM 0.035 / 0.000, below the mean image's 0.070 / 0.088);
+fsha-stealth is never stopped in its 600 steps (SplitGuard's mean score 0.921 / 0.956, an honest
+server's 0.955 / 0.968), answers 67 / 56 batches as fake, as many as the client sent (head accuracy
+0.79 / 0.81), and decodes at SSIM 0.560 / 0.575 (undefended: FSHA 0.536 / 0.333, fsha-stealth 0.233 /
+0.556, the same hijack under another initialisation stream: WGAN noise). With ``fake_scale =
+"natural"`` (seed 0) it is not stopped either (mean score 0.952). On tiny digits (test_fsha_stealth.py,
+p_fake 0.3) it judged every fake batch and no regular one on seeds 0–2.
 """
 from __future__ import annotations
 
@@ -73,7 +84,8 @@ class FSHAStealth(FSHA):
                  start: int | None = None, **rest: Any) -> None:
         super().__init__(**rest)
         self.answer = check_choice("answer", answer, ("honest", "mirror"))
-        self.fake_scale = None if fake_scale is None else check_positive_float("fake_scale", fake_scale)
+        # None or "natural" (what a TOML file can say): the honest gradient's own norm
+        self.fake_scale = None if fake_scale in (None, "natural") else check_positive_float("fake_scale", fake_scale)
         if self.answer == "mirror" and self.fake_scale is None:
             raise ValueError("fake_scale must be a positive number with answer='mirror' (it scales the "
                              "mirrored hijack gradient)")
