@@ -4,8 +4,6 @@ labels alone, hijacks every other batch exactly as FSHA, is plain FSHA where the
 hide from, and rejects bad parameters."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -13,6 +11,7 @@ from arena.attacks import ATTACKS, PolicyContext
 from arena.attacks.fsha import FSHA
 from arena.attacks.fsha_stealth import FSHAStealth
 from arena.models import build_model
+from arena.protocol.knowledge import DefenseKnowledge
 from arena.protocol.split import split
 from arena.run.config import experiment_from_dict
 from arena.run.runner import GroupContext, groups, plan, run_group
@@ -49,26 +48,19 @@ def test_hides_from_splitguard_where_fsha_is_stopped():
     assert hide.metrics["mse"] < 0.5 * base.metrics["mse"]
 
 
-class Known:
-    """Stands in for the run's DefenseKnowledge (names and public parameters only)."""
-
-    def __init__(self, **members: dict) -> None:
-        self.members = members
-        self.names = tuple(members) or ("none",)
-
-    def has(self, name: str) -> bool:
-        return name in self.members
-
-    def params_of(self, name: str) -> dict | None:
-        return self.members.get(name)
+def Known(**members: dict) -> DefenseKnowledge:
+    """What the run tells a policy about the client's defense (no member: none)."""
+    return DefenseKnowledge(tuple(members.items()) or (("none", {}),))
 
 
-def _ctx(data, defense=None, steps=40):
-    ctx = PolicyContext(input_shape=data.shape, num_classes=data.num_classes,
-                        client_arch=lambda: split(build_model("lenet", data.shape, data.num_classes), 2).client,
-                        aux=(data.x_aux, data.y_aux), generator=torch_generator(0, "t"), device="cpu",
-                        total_steps=steps)
-    return ctx if defense is None else SimpleNamespace(**vars(ctx), defense=defense)
+SG = Known(splitguard={"p_fake": 0.3, "start": 4})
+
+
+def _ctx(data, defense=SG, steps=40):
+    return PolicyContext(input_shape=data.shape, num_classes=data.num_classes,
+                         client_arch=lambda: split(build_model("lenet", data.shape, data.num_classes), 2).client,
+                         aux=(data.x_aux, data.y_aux), generator=torch_generator(0, "t"), device="cpu",
+                         total_steps=steps, defense=defense)
 
 
 def _batches(data, n=12, size=32):
@@ -90,7 +82,7 @@ def _answers(policy, batches, labels=True, fake_at=()):
 def test_plain_fsha_where_there_is_nothing_to_hide_from(tiny_data):
     batches = _batches(tiny_data)
     ref = _answers(FSHA().server_policy(_ctx(tiny_data)), batches)
-    cases = [(Known(noise={"sigma": 1.0}), True), (Known(), True), (None, False)]  # other defense, none, u-shaped
+    cases = [(Known(noise={"sigma": 1.0}), True), (Known(), True), (SG, False)]  # other defense, none, u-shaped
     for known, labels in cases:
         policy = FSHAStealth().server_policy(_ctx(tiny_data, known))
         got = _answers(policy, batches, labels=labels, fake_at=range(12))
@@ -104,8 +96,8 @@ def test_public_parameters_come_from_the_defense(tiny_data):
     assert p.hides and (p.p_fake, p.start) == (0.25, 3)
     p = FSHAStealth(p_fake=0.5, start=7).server_policy(_ctx(tiny_data, Known(splitguard={"p_fake": 0.25})))
     assert (p.p_fake, p.start) == (0.5, 7)  # explicit parameters override (a mis-informed attacker)
-    p = FSHAStealth().server_policy(_ctx(tiny_data))
-    assert p.hides and (p.p_fake, p.start) == (0.1, 10)  # no knowledge given: SplitGuard's defaults
+    p = FSHAStealth().server_policy(_ctx(tiny_data, Known(splitguard={})))
+    assert p.hides and (p.p_fake, p.start) == (0.1, 10)  # parameters not public: SplitGuard's defaults
     assert not FSHAStealth().server_policy(_ctx(tiny_data, Known(splitguard={"p_fake": 0.0}))).hides
 
 

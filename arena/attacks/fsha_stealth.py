@@ -4,8 +4,7 @@ Küpçü, Çiçek, WPES 2022, `defenses/splitguard.py`). Adaptive: ``adapts_to =
 
 Threat model: FSHA's (a malicious server in the vanilla setup with SMASHED, CONTROL_GRADIENT,
 AUX_DATA, ARCHITECTURE) plus Kerckhoffs knowledge of the defense: that the client runs SplitGuard
-and its public parameters ``p_fake`` and ``start`` (read from ``ctx.defense.params_of("splitguard")``
-when the run provides it; SplitGuard's defaults otherwise). Never its randomness: which batches are
+and its public parameters ``p_fake`` and ``start`` (``ctx.defense.params_of("splitguard")``). Never its randomness: which batches are
 fake is what the attacker has to judge.
 
 Why it can hide. SplitGuard's test is that an honest server's answer to a fake batch (every label
@@ -34,11 +33,11 @@ one scaled honest step. ``answer = "mirror"`` sends −``fake_scale`` × the hij
 (no head needed for the answer, only for the judgement): θ(F,R) near π while the hijack's
 consecutive directions agree.
 
-Under a defense other than SplitGuard (when the run says so through ``ctx.defense``) the policy is
-plain FSHA: nothing to hide from. Outside the vanilla setup (no labels) it is plain FSHA too.
+Where the client runs no SplitGuard (``ctx.defense``: none, or other defenses) the policy is plain
+FSHA: nothing to hide from (it answers exactly as FSHA would with its own initialisation stream). Outside the vanilla setup (no labels) it is plain FSHA too.
 Parameters beyond FSHA's: ``answer`` ("honest"), ``fake_scale`` (4.0; None or "natural": the honest norm),
 ``lr_head`` (1e-3), ``head_width`` (128), ``ema`` (0.9, the decay of the accuracy estimate),
-``p_fake``/``start`` (None: from the defense's public parameters, else SplitGuard's defaults).
+``p_fake``/``start`` (None: SplitGuard's public parameters; set, they override: a mis-informed attacker).
 Records ``extra["judged_fake"]`` (batches answered as fake) and ``extra["head_acc"]``.
 
 Measured at the default experiment's scale (Fashion-MNIST, LeNet depth 1, 55,000 private images,
@@ -69,7 +68,7 @@ from . import fsha_nets as nets
 from .base import PolicyContext, register_attack
 from .fsha import FSHA, FSHAPolicy
 
-SG_DEFAULTS = {"p_fake": 0.1, "start": 10}  # SplitGuard's public defaults, when the run does not say
+SG_DEFAULTS = {"p_fake": 0.1, "start": 10}  # SplitGuard's defaults, if its public parameters omit them
 
 
 @register_attack
@@ -120,9 +119,9 @@ class StealthPolicy(FSHAPolicy):
 
     def __init__(self, attack: FSHAStealth, ctx: PolicyContext) -> None:
         super().__init__(attack, ctx)
-        known = getattr(ctx, "defense", None)  # Kerckhoffs knowledge, when the run provides it
-        self.hides = known is None or known.has("splitguard")
-        public = (known.params_of("splitguard") if known is not None and self.hides else None) or SG_DEFAULTS
+        known = ctx.defense  # Kerckhoffs: the defense's names and public parameters
+        self.hides = known.has("splitguard")
+        public = known.params_of("splitguard") or SG_DEFAULTS
         self.p_fake = attack.p_fake if attack.p_fake is not None else float(public.get("p_fake", 0.1))
         self.start = attack.start if attack.start is not None else int(public.get("start", 10))
         self.hides = self.hides and self.p_fake > 0
