@@ -42,13 +42,14 @@ Records ``extra["judged_fake"]`` (batches answered as fake) and ``extra["head_ac
 
 Measured at the default experiment's scale (Fashion-MNIST, LeNet depth 1, 55,000 private images,
 3 epochs of 64, n_aux 5000; FSHA's quick.toml entry {checkpoints 4, steps 600} for both; SplitGuard
-at its defaults p_fake 0.1, start 10), seeds 0 / 1, ``python -m arena.matrix -e /tmp/hide.toml``:
-plain FSHA is stopped at steps 73 / 49 (SSIM 0.035 / 0.000, below the mean image's 0.070 / 0.088);
-fsha-stealth is never stopped in its 600 steps (SplitGuard's mean score 0.921 / 0.956, an honest
-server's 0.955 / 0.968), answers 67 / 56 batches as fake, as many as the client sent (head accuracy
-0.79 / 0.81), and decodes at SSIM 0.560 / 0.575 (undefended: FSHA 0.536 / 0.333, fsha-stealth 0.233 /
-0.556, the same hijack under another initialisation stream: WGAN noise). With ``fake_scale =
-"natural"`` (seed 0) it is not stopped either (mean score 0.952). On tiny digits (test_fsha_stealth.py,
+at its defaults p_fake 0.1, start 10), seeds 0 / 1 / 2, ``python -m arena.matrix -e /tmp/hide.toml``:
+plain FSHA is stopped at steps 73 / 49 / 73 (SSIM 0.035 / 0.000 / 0.293; the mean image 0.070 / 0.088
+/ 0.094); fsha-stealth is never stopped in its 600 steps (SplitGuard's mean score 0.921 / 0.956 /
+0.924, an honest server's 0.955 / 0.968 / 0.985), answers 67 / 56 / 50 batches as fake, as many as
+the client sent (head accuracy 0.79 / 0.81 / 0.80), and decodes at SSIM 0.560 / 0.575 / 0.533
+(undefended: FSHA 0.536 / 0.333 / 0.354, fsha-stealth 0.233 / 0.556 / 0.494, the same hijack under
+another initialisation stream: WGAN noise). With ``fake_scale = "natural"`` (seed 0) it is not
+stopped either (mean score 0.952). On tiny digits (test_fsha_stealth.py,
 p_fake 0.3) it judged every fake batch and no regular one on seeds 0–2.
 """
 from __future__ import annotations
