@@ -42,7 +42,7 @@ Records ``extra["judged_fake"]`` (batches answered as fake) and ``extra["head_ac
 
 Measured at the default experiment's scale (Fashion-MNIST, LeNet depth 1, 55,000 private images,
 3 epochs of 64, n_aux 5000; FSHA's quick.toml entry {checkpoints 4, steps 600} for both; SplitGuard
-at its defaults p_fake 0.1, start 10), seeds 0 / 1 / 2, ``python -m arena.matrix -e /tmp/hide.toml``:
+at its defaults p_fake 0.1, start 10), seeds 0 / 1 / 2, ``python -m arena.matrix -e fsha-stealth``:
 plain FSHA is stopped at steps 73 / 49 / 73 (SSIM 0.035 / 0.000 / 0.293; the mean image 0.070 / 0.088
 / 0.094); fsha-stealth is never stopped in its 600 steps (SplitGuard's mean score 0.921 / 0.956 /
 0.924, an honest server's 0.955 / 0.968 / 0.985), answers 67 / 56 / 50 batches as fake, as many as
