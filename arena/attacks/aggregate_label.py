@@ -1,0 +1,211 @@
+"""Label recovery from group-averaged last-layer gradients: the adaptive attack on `batching` (+ `max-norm`).
+
+Papers: A. Wainakh, F. Ventola, T. Müßig, J. Keim, C. Garcia Cordero, E. Zimmer, T. Grube, K. Kersting,
+M. Mühlhäuser, "User-Level Label Leakage from Gradients in Federated Learning" (LLG), PETS 2022; T. Dang,
+O. Thakkar, S. Ramaswamy, R. Mathews, P. Chin, F. Beaufays, "Revealing and Protecting Labels in
+Distributed Training" (RLG), NeurIPS 2021. Both read a batch's labels off the *averaged* gradient of
+the last layer. The per-example form below (the server knows each example's input to that layer) is
+new here; the reasoning follows.
+
+Target defense (``adapts_to``): `batching` (its public parameter b is not even needed: the group size
+is read off the transcript as the number of rows per observed tail gradient) and the stack
+`batching+max-norm` (max-norm's public knowledge used: it flips the signs of whole cut-gradient rows,
+so the fallback below compares directions up to sign).
+
+Threat model (honest-but-curious server; ``u-shaped``, also ``label-only``): the server sees, per
+recorded step, the label owner's tail parameter gradients averaged over groups of b consecutive
+examples (TAIL_GRADIENTS, UnSplit's stronger threat model, which `batching` leaves granted), its own
+output h_i for every example (SERVER_OUT: it computed it) and, for the fallback, the per-example cut
+gradient (CUT_GRADIENT, max-norm-noised). It knows no label and no weight of the label owner.
+
+The algebra. The tail's last layer is ``z = W x + c`` with softmax cross-entropy; for one group
+``dW = (1/b) Σ_i e_i x_iᵀ`` and ``dc = (1/b) Σ_i e_i`` with ``e_i = p_i − onehot(y_i)``. When the
+layers in front of that Linear have no parameters (label_layers = 1: x_i = h_i; label_layers = 2 in
+LeNet: x_i = ReLU(h_i)) the server computes every x_i itself, so with A the b×(d+1) matrix of rows
+[x_i, 1] the system ``Aᵀ E = b [dW, dc]ᵀ`` is linear in the b×K matrix E of per-example errors. When A
+has full row rank (b ≤ d + 1 and independent x_i) least squares returns every e_i exactly up to
+float32 rounding, and ``y_i`` is the index of e_i's only negative entry (RLG's observation that
+the last layer's gradient has a negative entry exactly at the labels present, made per example by
+the known x_i). Counts per group follow (LLG's quantity, here exact). An example counts as
+*resolved* when its most negative entry lies below −``z``·se and no other entry does, with se the
+least-squares standard error from the residual (the rounding noise; dof = d + 1 − b). A confident
+example (p_y within ~1e-6 of 1) has an e_i below that noise and stays unresolved.
+
+Fallback (``fallback``): ``"cut_grad"`` (default; requires CUT_GRADIENT) labels every unresolved
+example (and every example of a rank-deficient group, b > rank A) by its cut gradient's direction:
+per class, the top singular vector of the resolved examples' unit cut gradients (sign-free, so
+max-norm's flips do not matter), and the class of the largest |cosine|. The references come from
+the labels this attack recovered itself, never from known labels. ``"argmin"`` (no CUT_GRADIENT)
+takes e_i's smallest entry as it is (min-norm solution in a rank-deficient group).
+
+Refusal: a tail whose last Linear has a parametric or random layer in front of it (mid's bottleneck,
+label_layers ≥ 3 in LeNet) gives inputs x_i the server cannot compute: ``run`` raises ValueError
+saying so (an error cell, documented here), rather than guessing.
+
+Output: ``labels`` per observed example of the window (ids as the view gave them), ``label_scores``
+(resolved rows: +2 at the label, −2 elsewhere; fallback rows: |cos| ∈ [0, 1]), and the recovered
+counts per group (``group_counts`` G×K with ``groups``: each output row's group), which the scorer
+turns into ``count_exact`` and ``count_l1``. ``extra``: resolved fraction, groups, rank-deficient
+groups. Deterministic: no random draws.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..params import check_choice, check_positive_float
+from ..protocol.view import ServerView
+from ..records import AttackOutput, Capability
+from .base import Attack, register_attack
+from .label_leak import WINDOWS
+
+FALLBACKS = ("logits", "cut_grad", "argmin")
+
+
+def last_linear(tail: nn.Sequential) -> tuple[str, nn.Sequential]:
+    """(parameter prefix of the tail's last Linear, the parameter-free layers in front of it).
+    Raises ValueError when the server cannot compute that layer's input from its own output."""
+    layers = list(tail)
+    idx = [k for k, m in enumerate(layers) if isinstance(m, nn.Linear)]
+    if not idx:
+        raise ValueError("grad-label-count: the label owner's tail has no Linear layer to read labels from")
+    k = idx[-1]
+    if k != len(layers) - 1:
+        raise ValueError("grad-label-count: the tail's last Linear must be its output layer")
+    front = layers[:k]
+    bad = [type(m).__name__ for m in front
+           if any(True for _ in m.parameters()) or hasattr(m, "noise_generator")]
+    if bad:
+        raise ValueError(f"grad-label-count: the layers in front of the tail's last Linear ({', '.join(bad)}) have "
+                         "parameters or draw noise, so the server cannot compute that layer's inputs; "
+                         "this attack needs label_layers whose front is parameter-free")
+    return str(k), nn.Sequential(*front)
+
+
+def solve_group(x: torch.Tensor, dw: torch.Tensor, dc: torch.Tensor | None, z: float
+                ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Per-example errors E (b×K) from one group's mean gradients; (E, resolved mask, full rank?)."""
+    b = len(x)
+    a = torch.cat([x, torch.ones(b, 1, dtype=x.dtype)], 1) if dc is not None else x
+    rhs = b * (torch.cat([dw, dc[:, None]], 1) if dc is not None else dw).T  # (d+1)×K
+    rank = int(torch.linalg.matrix_rank(a))
+    e = torch.linalg.lstsq(a.T, rhs, driver="gelsd").solution  # b×K
+    if rank < b:
+        return e, torch.zeros(b, dtype=torch.bool), False
+    dof = a.shape[1] - b
+    if dof > 0:
+        sigma = ((a.T @ e - rhs).square().sum(0) / dof).sqrt()  # per class: the rounding noise
+        se = torch.linalg.inv(a @ a.T).diagonal().clamp_min(0).sqrt()[:, None] * sigma[None, :]
+    else:
+        se = torch.zeros_like(e)
+    neg = e < -z * se
+    low = e.argmin(1)
+    resolved = (neg.sum(1) == 1) & neg.gather(1, low[:, None]).squeeze(1)
+    return e, resolved, True
+
+
+@register_attack
+class GradLabelCount(Attack):
+    name = "grad-label-count"
+    kind = "label"
+    requires = frozenset({Capability.TAIL_GRADIENTS, Capability.SERVER_OUT, Capability.CUT_GRADIENT})
+    default_setup = "u-shaped"
+    adapts_to = ("batching", "max-norm")
+    paper = ("LLG (Wainakh et al., PETS 2022) and RLG (Dang et al., NeurIPS 2021): labels from averaged "
+             "last-layer gradients; per-example least squares with the server's own outputs new here")
+
+    def __init__(self, window: str = "after", fallback: str = "logits", z: float = 4.0, **rest: Any) -> None:
+        super().__init__(**rest)
+        self.window = check_choice("window", window, WINDOWS)
+        self.fallback = check_choice("fallback", fallback, FALLBACKS)
+        self.z = check_positive_float("z", z)
+        base = {Capability.TAIL_GRADIENTS, Capability.SERVER_OUT}
+        self.requires = frozenset(base | ({Capability.CUT_GRADIENT} if fallback == "cut_grad" else set()))
+
+    def params(self) -> dict[str, Any]:
+        return {"window": self.window, "fallback": self.fallback, "z": self.z}
+
+    def run(self, view: ServerView, generator: torch.Generator) -> AttackOutput:
+        k, front = last_linear(view.tail_arch())
+        view.require(Capability.TAIL_GRADIENTS)
+        view.require(Capability.SERVER_OUT)
+        obs = [o for o in view.observations(self.window) if o.tail_grads and o.server_out is not None]
+        if not obs:
+            raise ValueError(f"grad-label-count: no tail gradients observed in window {self.window!r}")
+        ids, errors, resolved, groups, grads, xs, deficient = [], [], [], [], [], [], 0
+        for o in obs:
+            with torch.no_grad():
+                x = front(o.server_out.float()).flatten(1).double()
+            xs.append(x)
+            size = -(-len(x) // len(o.tail_grads))  # group size b: rows per observed tail gradient
+            for j, tg in enumerate(o.tail_grads):
+                rows = slice(j * size, (j + 1) * size)
+                dc = tg.get(f"{k}.bias")
+                e, ok, full = solve_group(x[rows], tg[f"{k}.weight"].double(),
+                                          None if dc is None else dc.double(), self.z)
+                deficient += not full
+                ids.append(o.ids[rows])
+                errors.append(e)
+                resolved.append(ok)
+                groups.append(torch.full((len(e),), len(groups), dtype=torch.long))
+            if self.fallback == "cut_grad":
+                view.require(Capability.CUT_GRADIENT)
+                grads.append(o.cut_grad.flatten(1).double())
+        e, ok = torch.cat(errors), torch.cat(resolved)
+        labels = e.argmin(1)
+        nk = view.num_classes
+        scores = torch.where(F.one_hot(labels, nk).bool(), 2.0, -2.0).double()
+        if self.fallback == "logits" and bool((~ok).any()):
+            logits = fit_last_layer(torch.cat(xs), e, labels, ok, nk)
+            labels = torch.where(ok, labels, logits.argmax(1))
+            scores[~ok] = logits.softmax(1)[~ok]
+        if self.fallback == "cut_grad" and bool((~ok).any()):
+            cos = direction_scores(F.normalize(torch.cat(grads), dim=1), labels, ok, nk)
+            labels = torch.where(ok, labels, cos.argmax(1))
+            scores[~ok] = cos[~ok]
+        group = torch.cat(groups)
+        counts = torch.zeros(len(groups), nk, dtype=torch.long).index_put_(
+            (group, labels), torch.ones(len(labels), dtype=torch.long), accumulate=True)
+        return AttackOutput(ids=torch.cat(ids), labels=labels, label_scores=scores.float(),
+                            group_counts=counts, groups=group,
+                            extra={"resolved_frac": float(ok.double().mean()), "n_groups": float(len(groups)),
+                                   "rank_deficient_groups": float(deficient)})
+
+
+def direction_scores(unit: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor, nk: int) -> torch.Tensor:
+    """N×K |cosines| of unit cut gradients with each class's reference: the top right singular vector of
+    the resolved examples of that class (sign-free). Classes with no resolved example score −1."""
+    out = torch.full((len(unit), nk), -1.0, dtype=unit.dtype)
+    for c in range(nk):
+        mine = unit[ok & (labels == c)]
+        if len(mine):
+            ref = torch.linalg.svd(mine, full_matrices=False).Vh[0]
+            out[:, c] = (unit @ ref).abs()
+    return out
+
+
+def fit_last_layer(x: torch.Tensor, e: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor, nk: int,
+                   steps: int = 200) -> torch.Tensor:
+    """N×K logits of a softmax layer fitted to the resolved examples' recovered predictions
+    p_i = e_i + onehot(y_i) (soft cross-entropy, a little L2): the label owner's own last layer is
+    one minimiser. Unresolved examples are the ones it is confident about, so their argmax is their label."""
+    p = (e[ok] + F.one_hot(labels[ok], nk).to(e.dtype)).clamp(0, 1)
+    p = p / p.sum(1, keepdim=True).clamp_min(1e-12)
+    mu, sd = x[ok].mean(0), x[ok].std(0).clamp_min(1e-6)
+    xn = (x - mu) / sd
+    w = torch.zeros(x.shape[1], nk, dtype=x.dtype, requires_grad=True)
+    c = torch.zeros(nk, dtype=x.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([w, c], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = -(p * F.log_softmax(xn[ok] @ w + c, 1)).sum(1).mean() + 1e-4 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return xn @ w + c
