@@ -7,16 +7,17 @@ Distributed Training" (RLG), NeurIPS 2021. Both read a batch's labels off the *a
 the last layer. The per-example form below (the server knows each example's input to that layer) is
 new here; the reasoning follows.
 
-Target defense (``adapts_to``): `batching` (its public parameter b is not even needed: the group size
-is read off the transcript as the number of rows per observed tail gradient) and the stack
-`batching+max-norm` (max-norm's public knowledge used: it flips the signs of whole cut-gradient rows,
-so the fallback below compares directions up to sign).
+Target defense (``adapts_to``): `batching`, alone or in the stack `batching+max-norm`. Neither
+defense's public parameter is needed: the group size b is read off the transcript (below), and the
+max-norm noise touches only the cut gradient, which the default path never reads (the ``cut_grad``
+fallback compares directions up to sign, max-norm's flips).
 
 Threat model (honest-but-curious server; ``u-shaped``, also ``label-only``): the server sees, per
 recorded step, the label owner's tail parameter gradients averaged over groups of b consecutive
-examples (TAIL_GRADIENTS, UnSplit's stronger threat model, which `batching` leaves granted), its own
-output h_i for every example (SERVER_OUT: it computed it) and, for the fallback, the per-example cut
-gradient (CUT_GRADIENT, max-norm-noised). It knows no label and no weight of the label owner.
+examples (TAIL_GRADIENTS, UnSplit's stronger threat model, which `batching` leaves granted) and its
+own output h_i for every example (SERVER_OUT: it computed it); with ``fallback = "cut_grad"`` also
+the per-example, max-norm-noised cut gradient (CUT_GRADIENT). It knows no label and no weight of the
+label owner.
 
 The algebra. The tail's last layer is ``z = W x + c`` with softmax cross-entropy; for one group
 ``dW = (1/b) Σ_i e_i x_iᵀ`` and ``dc = (1/b) Σ_i e_i`` with ``e_i = p_i − onehot(y_i)``. When the
@@ -24,29 +25,40 @@ layers in front of that Linear have no parameters (label_layers = 1: x_i = h_i; 
 LeNet: x_i = ReLU(h_i)) the server computes every x_i itself, so with A the b×(d+1) matrix of rows
 [x_i, 1] the system ``Aᵀ E = b [dW, dc]ᵀ`` is linear in the b×K matrix E of per-example errors. When A
 has full row rank (b ≤ d + 1 and independent x_i) least squares returns every e_i exactly up to
-float32 rounding, and ``y_i`` is the index of e_i's only negative entry (RLG's observation that
-the last layer's gradient has a negative entry exactly at the labels present, made per example by
-the known x_i). Counts per group follow (LLG's quantity, here exact). An example counts as
-*resolved* when its most negative entry lies below −``z``·se and no other entry does, with se the
-least-squares standard error from the residual (the rounding noise; dof = d + 1 − b). A confident
-example (p_y within ~1e-6 of 1) has an e_i below that noise and stays unresolved.
+float32 rounding, and ``y_i`` is the index of e_i's only negative entry (RLG's observation that the
+last layer's gradient is negative exactly at the labels present, made per example by the known x_i).
+Counts per group follow (LLG's quantity, here exact). An example is *resolved* when its most negative
+entry lies below −``z``·se (se: the least-squares standard error from the residual, i.e. the rounding
+noise; dof = d + 1 − b) and is at least ``z`` times any other negative entry. A very confident example
+(1 − p_y below the rounding noise) stays unresolved. In a rank-deficient group (b > rank A) the
+minimum-norm solution is not exact; its rows that pass the dominance test alone are taken (tiny
+digits, b = 128 > d + 1 = 85: 164 of 344 rows pass, all right) and the rest are unresolved.
 
-Fallback (``fallback``): ``"cut_grad"`` (default; requires CUT_GRADIENT) labels every unresolved
-example (and every example of a rank-deficient group, b > rank A) by its cut gradient's direction:
-per class, the top singular vector of the resolved examples' unit cut gradients (sign-free, so
-max-norm's flips do not matter), and the class of the largest |cosine|. The references come from
-the labels this attack recovered itself, never from known labels. ``"argmin"`` (no CUT_GRADIENT)
-takes e_i's smallest entry as it is (min-norm solution in a rank-deficient group).
+Group size: `batching` cuts each batch into consecutive groups of b, the last one shorter. The
+attack takes the sizes that give every observed batch its number of tail gradients (ceil(n/b) =
+groups) and, among several, the one whose groups' systems are most consistent (a wrong cut mixes two
+groups' examples and leaves a residual far above the rounding). ``n/groups`` is wrong for a partial
+last batch (24 examples, b = 16: groups of 16 and 8, not 12 and 12).
+
+Fallback for unresolved examples (``fallback``): ``"logits"`` (default; no further capability): a
+softmax layer on x fitted to the resolved examples' recovered predictions p_i = e_i + onehot(y_i);
+the label owner's own last layer is one minimiser, and an unresolved example is one that layer is
+confident about, so its argmax is its label. ``"cut_grad"`` (requires CUT_GRADIENT): per class, the
+top singular vector of the resolved examples' unit cut gradients (sign-free, so max-norm's flips do
+not matter); the class of the largest |cosine|. ``"argmin"``: e_i's smallest entry as it is. Both
+learned fallbacks use only labels this attack recovered itself, never known labels, and need
+resolved examples of two classes or more (else ``argmin``).
 
 Refusal: a tail whose last Linear has a parametric or random layer in front of it (mid's bottleneck,
 label_layers ≥ 3 in LeNet) gives inputs x_i the server cannot compute: ``run`` raises ValueError
 saying so (an error cell, documented here), rather than guessing.
 
 Output: ``labels`` per observed example of the window (ids as the view gave them), ``label_scores``
-(resolved rows: +2 at the label, −2 elsewhere; fallback rows: |cos| ∈ [0, 1]), and the recovered
-counts per group (``group_counts`` G×K with ``groups``: each output row's group), which the scorer
-turns into ``count_exact`` and ``count_l1``. ``extra``: resolved fraction, groups, rank-deficient
-groups. Deterministic: no random draws.
+(resolved rows: +2 at the label, −2 elsewhere; others in [−1, 1]: the fallback's probabilities or
+|cosines|, or −e_i scaled), and the recovered counts per group (``group_counts`` G×K with ``groups``,
+each output row's group), which the scorer turns into ``count_exact`` and ``count_l1``. ``extra``:
+``resolved_frac``, ``group_size``, ``rank_deficient_groups``. Deterministic: no random draws.
+Window: ``"after"`` (default) or ``"before"``.
 """
 from __future__ import annotations
 
@@ -123,19 +135,17 @@ def solve_group(x: torch.Tensor, dw: torch.Tensor, dc: torch.Tensor | None, z: f
     a, rhs = _system(x, dw, dc)
     rank = int(torch.linalg.matrix_rank(a))
     e = torch.linalg.lstsq(a.T, rhs, driver="gelsd").solution  # b×K
-    if rank < b:
-        return e, torch.zeros(b, dtype=torch.bool), False
     dof = a.shape[1] - b
-    if dof > 0:
+    if rank == b and dof > 0:
         sigma = ((a.T @ e - rhs).square().sum(0) / dof).sqrt()  # per class: the rounding noise
         se = torch.linalg.inv(a @ a.T).diagonal().clamp_min(0).sqrt()[:, None] * sigma[None, :]
-    else:
+    else:  # b = d + 1 (no residual to measure the noise) or rank-deficient (min-norm, not exact): dominance only
         se = torch.zeros_like(e)
     two = e.topk(2, dim=1, largest=False)
     low_se = se.gather(1, two.indices[:, :1]).squeeze(1)
     # the most negative entry is clearly below zero, and the next one is only noise beside it
     resolved = (two.values[:, 0] < -z * low_se) & (two.values[:, 1] > two.values[:, 0] / z)
-    return e, resolved, True
+    return e, resolved, rank == b
 
 
 @register_attack
@@ -185,14 +195,16 @@ class GradLabelCount(Attack):
                 view.require(Capability.CUT_GRADIENT)
                 grads.append(o.cut_grad.flatten(1).double())
         e, ok = torch.cat(errors), torch.cat(resolved)
-        labels = e.argmin(1)
-        nk = view.num_classes
+        labels, nk = e.argmin(1), view.num_classes
+        # resolved rows: certain (+2 at the label, -2 elsewhere); the rest: -e scaled into [-1, 1]
         scores = torch.where(F.one_hot(labels, nk).bool(), 2.0, -2.0).double()
-        if self.fallback == "logits" and bool((~ok).any()):
+        scores[~ok] = -e[~ok] / e[~ok].abs().amax(1, keepdim=True).clamp_min(1e-300)
+        learned = len(torch.unique(labels[ok])) >= 2  # the fallbacks learn from two resolved classes or more
+        if self.fallback == "logits" and learned and bool((~ok).any()):
             logits = fit_last_layer(torch.cat(xs), e, labels, ok, nk)
             labels = torch.where(ok, labels, logits.argmax(1))
             scores[~ok] = logits.softmax(1)[~ok]
-        if self.fallback == "cut_grad" and bool((~ok).any()):
+        if self.fallback == "cut_grad" and learned and bool((~ok).any()):
             cos = direction_scores(F.normalize(torch.cat(grads), dim=1), labels, ok, nk)
             labels = torch.where(ok, labels, cos.argmax(1))
             scores[~ok] = cos[~ok]
