@@ -195,3 +195,39 @@ def test_scorer_counts_from_the_truth_of_the_output_ids(tiny_data, stacked):
     assert m["count_l1"] == pytest.approx(1 / len(off)) and m["count_exact"] == pytest.approx(1 - 1 / len(off))
     with pytest.raises(ScoringError, match="groups"):
         score(AttackOutput(ids=out.ids, group_counts=off), res, tiny_data.x_test, tiny_data.y_test)
+
+
+MATRIX = """
+[experiment]
+datasets = ["digits"]
+depths = [1]
+seeds = [0]
+n_train = 256
+n_test = 100
+n_aux = 100
+
+[train]
+epochs = 1
+batch_size = 32
+record_steps = 2
+
+[[attacks]]
+name = "grad-label-count"
+
+[[defenses]]
+name = "none"
+
+[[defenses]]
+name = "batching+max-norm"
+params = { batching = { b = 8 } }
+"""
+
+
+def test_in_the_matrix_it_runs_u_shaped_and_records_the_counts(run_matrix):
+    cells = {c["defense"]: c for c in run_matrix(MATRIX, "--no-report")}
+    assert set(cells) == {"none", "batching+max-norm"}
+    for c in cells.values():
+        assert c["status"] == "ok" and c["setup"] == "u-shaped", c["error"]
+        assert c["metrics"]["label_acc"] == 1.0 and c["metrics"]["count_exact"] == 1.0, c["metrics"]
+        assert "cut_gradient" not in c["granted"]  # the default fallback needs no cut gradient
+    assert cells["none"]["metrics"]["group_size"] == 1 and cells["batching+max-norm"]["metrics"]["group_size"] == 8
