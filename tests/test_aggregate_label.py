@@ -70,7 +70,7 @@ def test_view_holds_exactly_the_declared_capabilities(tiny_data, stacked, params
     attack = GradLabelCount(**params)
     view = make_view(attack, defended, res, tiny_data, "cpu")
     assert view.capabilities == attack.requires | {C.ARCHITECTURE}
-    assert attack.adapts_to == ("batching", "max-norm")
+    assert attack.adapts_to == ("batching", "max-norm") and GradLabelCount.requires == GradLabelCount().requires
     for w in ("before", "after"):
         for o in view.observations(w):
             for f in ("smashed", "labels", "inputs", "server_out", "cut_grad", "tail_grads", "server_grads"):

@@ -152,7 +152,8 @@ def solve_group(x: torch.Tensor, dw: torch.Tensor, dc: torch.Tensor | None, z: f
 class GradLabelCount(Attack):
     name = "grad-label-count"
     kind = "label"
-    requires = frozenset({Capability.TAIL_GRADIENTS, Capability.SERVER_OUT, Capability.CUT_GRADIENT})
+    # the default fallback's; ``fallback = "cut_grad"`` adds CUT_GRADIENT per instance (the runner reads the instance's)
+    requires = frozenset({Capability.TAIL_GRADIENTS, Capability.SERVER_OUT})
     default_setup = "u-shaped"
     adapts_to = ("batching", "max-norm")
     paper = ("LLG (Wainakh et al., PETS 2022) and RLG (Dang et al., NeurIPS 2021): labels from averaged "
