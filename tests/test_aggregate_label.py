@@ -117,6 +117,8 @@ def test_group_size_is_read_off_the_transcript_with_a_partial_last_batch():
     full = [[((full_e[s:s + 16].T @ full_x[s:s + 16] / 16).double(), (full_e[s:s + 16].sum(0) / 16).double())
              for s in (0, 16)]]
     assert group_size([full_x.double(), x.double()], full + mats) == 16
+    assert group_size([x.double()], mats) == 16  # 12..23 all cut 24 in two: the consistent cut wins
+    assert group_size([x.double()], mats, known=5) == 16  # a public b the transcript rules out is ignored
     with pytest.raises(ValueError, match="group size"):
         group_size([x.double()], [mats[0] * 5])  # 10 tail gradients cannot come from 24 examples' groups
 
@@ -230,4 +232,5 @@ def test_in_the_matrix_it_runs_u_shaped_and_records_the_counts(run_matrix):
         assert c["status"] == "ok" and c["setup"] == "u-shaped", c["error"]
         assert c["metrics"]["label_acc"] == 1.0 and c["metrics"]["count_exact"] == 1.0, c["metrics"]
         assert "cut_gradient" not in c["granted"]  # the default fallback needs no cut gradient
+        assert list(c["adapts_to"]) == ["batching", "max-norm"]
     assert cells["none"]["metrics"]["group_size"] == 1 and cells["batching+max-norm"]["metrics"]["group_size"] == 8

@@ -8,7 +8,8 @@ the last layer. The per-example form below (the server knows each example's inpu
 new here; the reasoning follows.
 
 Target defense (``adapts_to``): `batching`, alone or in the stack `batching+max-norm`. Neither
-defense's public parameter is needed: the group size b is read off the transcript (below), and the
+defense's public parameter is needed (batching's b only breaks a tie): the group size is read off the
+transcript (below), and the
 max-norm noise touches only the cut gradient, which the default path never reads (the ``cut_grad``
 fallback compares directions up to sign, max-norm's flips).
 
@@ -36,8 +37,9 @@ digits, b = 128 > d + 1 = 85: 164 of 344 rows pass, all right) and the rest are 
 
 Group size: `batching` cuts each batch into consecutive groups of b, the last one shorter. The
 attack takes the sizes that give every observed batch its number of tail gradients (ceil(n/b) =
-groups) and, among several, the one whose groups' systems are most consistent (a wrong cut mixes two
-groups' examples and leaves a residual far above the rounding). ``n/groups`` is wrong for a partial
+groups); among several, batching's public b when the view's defense knowledge names it and it is
+one of them, else the one whose groups' systems are most consistent (a wrong cut mixes two groups'
+examples and leaves a residual far above the rounding). ``n/groups`` is wrong for a partial
 last batch (24 examples, b = 16: groups of 16 and 8, not 12 and 12).
 
 Fallback for unresolved examples (``fallback``): ``"logits"`` (default; no further capability): a
@@ -97,17 +99,21 @@ def last_linear(tail: nn.Sequential) -> tuple[str, nn.Sequential]:
     return str(k), nn.Sequential(*front)
 
 
-def group_size(xs: list[torch.Tensor], mats: list[list[tuple[torch.Tensor, torch.Tensor | None]]]) -> int:
+def group_size(xs: list[torch.Tensor], mats: list[list[tuple[torch.Tensor, torch.Tensor | None]]],
+               known: int | None = None) -> int:
     """The label owner's group size b, from the transcript alone: the sizes that cut every observed
     batch into as many groups as it has tail gradients (ceil(n / b) = groups), and among several the one
     whose groups' least-squares systems are most consistent (the smallest relative residual; a wrong
-    cut mixes examples of two groups and leaves a residual far above the rounding)."""
+    cut mixes examples of two groups and leaves a residual far above the rounding). ``known``: the
+    defense's public b, taken when it is one of the sizes the transcript allows."""
     cands = [b for b in range(1, max(len(x) for x in xs) + 1)
              if all(-(-len(x) // b) == len(m) for x, m in zip(xs, mats))]
     if not cands:
         raise ValueError("grad-label-count: no group size cuts every observed batch into its number of tail gradients")
     if len(cands) == 1:
         return cands[0]
+    if known in cands:  # batching's public b (Kerckhoffs), when the transcript allows it
+        return known
 
     def misfit(b: int) -> float:
         total = 0.0
@@ -181,7 +187,8 @@ class GradLabelCount(Attack):
             xs = [front(o.server_out.float()).flatten(1).double() for o in obs]
         mats = [[(tg[f"{k}.weight"].double(), None if tg.get(f"{k}.bias") is None else tg[f"{k}.bias"].double())
                  for tg in o.tail_grads] for o in obs]
-        b = group_size(xs, mats)
+        public = view.defense.params_of("batching")
+        b = group_size(xs, mats, public.get("b") if public else None)
         ids, errors, resolved, groups, grads, deficient = [], [], [], [], [], 0
         for o, x, ms in zip(obs, xs, mats):
             for j, (dw, dc) in enumerate(ms):
