@@ -172,3 +172,30 @@ grid = { train_server = [true, false] }
     assert inv["metrics"]["ssim"] > base["metrics"]["ssim"] + 0.3, (inv["metrics"], base["metrics"])
     assert "exact" in inv["derived"]["smashed"]
     assert by[("he-whitebox", False)]["status"] == "blocked"  # no dL/dW: nothing to rebuild from
+
+
+def test_an_attack_entry_can_be_limited_to_some_defenses(tmp_path):
+    from arena.run.config import SpecError, load_experiment
+    from arena.run.plan import plan
+
+    base = TINY.format(steps=2) + """
+[[attacks]]
+name = "mean-image"
+[[attacks]]
+name = "he-whitebox"
+defenses = {only}
+[[defenses]]
+name = "none"
+[[defenses]]
+name = "noise"
+"""
+    f = tmp_path / "e.toml"
+    f.write_text(base.format(only='["noise"]'))
+    pairs = {(s.attack.name, s.defense.name) for s in plan(load_experiment(f))}
+    assert pairs == {("mean-image", "none"), ("mean-image", "noise"), ("he-whitebox", "noise")}
+    f.write_text(base.format(only='["dropout"]'))
+    with pytest.raises(ValueError, match="none of which this experiment runs"):
+        plan(load_experiment(f))
+    f.write_text(base.format(only='"noise"'))
+    with pytest.raises(SpecError, match="defenses must be a non-empty list"):
+        load_experiment(f)
