@@ -126,6 +126,9 @@ def list_everything() -> str:
         req = ", ".join(sorted(c.value for c in getattr(cls, "requires", ())))
         lines.append(f"  {n:<16} {getattr(cls, 'kind', '?'):<10} requires: {req or '-'}   "
                      f"[{getattr(cls, 'paper', '')}]")
+        if getattr(cls, "adapts_to", ()):
+            lines.append(f"  {'':<16} ADAPTIVE: built against {', '.join(cls.adapts_to)} (reads its public "
+                         "parameters)")
     lines.append("defenses (stack them with '+', applied in that order: --defenses noise+dp-sgd):")
     for n in DEFENSES.names():
         cls = DEFENSES.get(n)

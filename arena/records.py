@@ -92,6 +92,8 @@ class TrainConfig:
     record_steps: int = 4  # steps kept in the transcript at the start and at the end of training
     max_steps: int | None = None  # cap for tiny runs (tests)
     amsgrad: bool = True  # Adam's amsgrad variant for every party (UnSplit's code); FSHA's authors use plain Adam
+    # examples whose every release the transcript keeps (window "tracked"; `Attack.coverage`), 0: none
+    track: int = 0
 
     def __post_init__(self) -> None:
         if not (self.epochs > 0 and math.isfinite(self.epochs)):
@@ -102,6 +104,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be positive and finite, got {self.lr}")
+        if not isinstance(self.track, int) or self.track < 0:
+            raise ValueError(f"track must be an integer >= 0, got {self.track!r}")
         if not isinstance(self.amsgrad, bool):
             raise ValueError(f"amsgrad must be true or false, got {self.amsgrad!r}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -110,7 +114,7 @@ class TrainConfig:
 
 # TrainConfig fields added after cells were first recorded, with their defaults: omitted from a
 # scenario's key at the default, so existing cells.jsonl files still resume.
-_LATER_TRAIN_FIELDS = {"amsgrad": True}
+_LATER_TRAIN_FIELDS = {"amsgrad": True, "track": 0}
 
 
 @dataclass(frozen=True)
@@ -141,10 +145,11 @@ class Scenario:
         return k
 
     def training_key(self) -> dict[str, Any]:
-        """``key()`` without ``train.record_steps``: runs that differ only in how many steps the
-        transcript keeps train the same model on the same data order, so they share one run."""
+        """``key()`` without ``train.record_steps`` and ``train.track``: runs that differ only in what
+        the transcript keeps train the same model on the same data order, so they share one run."""
         k = self.key()
         del k["train"]["record_steps"]
+        k["train"].pop("track", None)
         return k
 
 
@@ -192,6 +197,10 @@ class Cell:
     # the split that actually ran ({"depth", "setup", "label_layers"}): a defense may move the cut (he)
     effective: dict[str, Any] = field(default_factory=dict)
     granted: list[str] = field(default_factory=list)  # capabilities the attack was given (its threat model)
+    adapts_to: list[str] = field(default_factory=list)  # the defenses the attack is built against (`Attack.adapts_to`)
+    # capabilities the view rebuilt from what the server saw (he: smashed data from g_h and dL/dW) -> how
+    derived: dict[str, str] = field(default_factory=dict)
+    observed: dict[str, Any] = field(default_factory=dict)  # what the attack's transcript held (`Transcript.coverage`)
     schema: int = SCHEMA
 
     def __post_init__(self) -> None:

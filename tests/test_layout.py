@@ -117,6 +117,7 @@ NOT_TRAINING = {
     "report/__init__.py", "report/__main__.py", "report/cli.py", "report/conclusions.py",
     "report/document.py", "report/html.py", "report/plots.py", "report/statistics.py", "report/tables.py",
     "report/headline.py", "report/paired.py", "report/coverage.py",
+    "report/scorecard.py", "report/scorecard_doc.py", "report/scorecard_plot.py", "report/compare.py",
 }
 
 

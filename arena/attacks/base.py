@@ -14,6 +14,8 @@ import torch
 
 from ..records import AttackOutput, Capability
 from ..registry import Registry
+from ..protocol.knowledge import DefenseKnowledge
+from ..protocol.transcript import Coverage
 from ..protocol.view import ServerView
 
 KINDS = ("inversion", "stealing", "label", "hijack", "baseline")
@@ -28,6 +30,9 @@ class Attack:
     # A baseline (kind "baseline") names the attack kinds whose headline metric it is the no-knowledge
     # reference for; the report pairs every attack of those kinds with it, seed by seed.
     baseline_of: ClassVar[tuple[str, ...]] = ()
+    # An adaptive attack names the defenses it is built against (it reads their public parameters from
+    # ``view.defense``, Kerckhoffs). It runs in every cell like any other; `--list` and the report mark it.
+    adapts_to: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any) -> None:
         if params:
@@ -36,6 +41,11 @@ class Attack:
     def params(self) -> dict[str, Any]:
         """The parameters that define this attack instance (recorded in every cell)."""
         return {}
+
+    def coverage(self) -> Coverage:
+        """What this attack needs the transcript to hold (steps at each end, tracked examples); the run
+        records the union over its group's attacks. Default: the experiment's ``record_steps``."""
+        return Coverage()
 
     malicious: ClassVar[bool] = False  # True: imposes a server policy, so it needs its own training run
 
@@ -58,6 +68,7 @@ class PolicyContext:
     generator: torch.Generator
     device: str
     total_steps: int
+    defense: DefenseKnowledge = DefenseKnowledge()  # the defense's names and public parameters (Kerckhoffs)
 
 
 ATTACKS: Registry[Attack] = Registry("attack", entry_point_group="arena.attacks")

@@ -22,10 +22,13 @@ What the server still sees, exactly (protocol/train.py puts these and nothing el
   with ``train_server`` (default), its layer's gradients dL/dW = g_h^T a and dL/db sent in
   plaintext (obs.server_grads, with CUT_GRADIENT). Together they pin down a batch's activations a
   by least squares when the batch is no larger than the layer's outputs. So with ``train_server``
-  SMASHED is *not* removed: it is `derivable` (the server rebuilds it), and an inversion cell that
-  needs it is "not evaluated" until an attack rebuilds the activations from the view — never
-  `blocked`, never a defense that works. ``train_server=False`` freezes the server layer and sends no
-  dL/dW: then SMASHED is removed and those cells are `blocked`, correctly;
+  SMASHED is *not* removed: it is `derivable`, and the view rebuilds it (`arena.protocol.leak`, the
+  attacker's computation on (g_h, dL/dW); issue 17): every inversion attack that takes smashed data runs
+  against `he` at its effective cut, and the cell records ``derived``. LeNet's batch of 64 against 120
+  outputs: exact. With more than one server layer the weight gradient pairs g_h with an intermediate
+  activation, and those cells are "not evaluated" (never a defense that works). ``train_server=False``
+  freezes the server layer and sends no dL/dW: then SMASHED is removed and those cells are `blocked`,
+  correctly;
 - no answer to a query in plaintext (QUERY removed: the client's output is ciphertext);
 - the label owner's tail gradients as in any U-shaped run (TAIL_GRADIENTS);
 - from a vanilla scenario the labels no longer travel (LABELS removed too).

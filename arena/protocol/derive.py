@@ -42,7 +42,8 @@ def as_vanilla(result: Any, input_shape: tuple[int, ...]) -> Any:
     before = result.server_before if result.tail_before is None else \
         nn.Sequential(*result.server_before, *result.tail_before)
     transcript = Transcript(setup="vanilla", windows={w: [_vanilla_obs(o) for o in obs]
-                                                      for w, obs in result.transcript.windows.items()})
+                                                      for w, obs in result.transcript.windows.items()},
+                            tracked=result.transcript.tracked)
     return dataclasses.replace(result, model=model, transcript=transcript, server_before=before, tail_before=None,
                                cost=vanilla_cost(result.cost, sm.client, input_shape))
 

@@ -119,7 +119,8 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
     # who may end training early: the client's monitor (detection) or the server's policy (its budget)
     stoppers = tuple(w for w in (monitor, policy) if w is not None and hasattr(w, "stop"))
     shown = min(steps, getattr(policy, "total_steps", None) or steps)  # progress: a policy's budget is its end
-    transcript, truth = Transcript(setup=owner), Truth()
+    tracked = _tracked_examples(len(data.x_train), cfg.track, gen)
+    transcript, truth = Transcript(setup=owner, tracked=tuple(tracked.tolist())), Truth()
     watch = Stopwatch()
     server_before: nn.Module | None = None
     tail_before: nn.Module | None = None
@@ -149,11 +150,14 @@ def train(setup: SplitSetup, data: Data, gen: torch.Generator, device: str = "cp
                     opt.zero_grad(set_to_none=True)
             if stoppers:  # the last steps become the "after" window if training is stopped early
                 recent.append((step, idx.clone(), obs.detached()))
+            obs.ids, obs.step = idx.clone(), step
             if window is not None:
-                obs.ids = idx.clone()
-                obs.step = step
                 transcript.windows.setdefault(window, []).append(obs.detached())
                 truth.add(idx, data.x_train[idx], data.y_train[idx])
+            seen = torch.isin(idx, tracked) if len(tracked) else None
+            if seen is not None and bool(seen.any()):  # every release of the tracked examples
+                transcript.windows.setdefault("tracked", []).append(obs.rows(seen.to(idx.device)).detached())
+                truth.add(idx[seen], data.x_train[idx[seen]], data.y_train[idx[seen]])
             step += 1
             if progress is not None:
                 progress(step, shown)
@@ -260,6 +264,16 @@ def _label_owner(setup: SplitSetup, sm: SplitModel, h: torch.Tensor, y: torch.Te
         for m, k in zip(noisy, kept):
             m.noise_generator = k
     return g, loss
+
+
+def _tracked_examples(n: int, track: int, gen: torch.Generator) -> torch.Tensor:
+    """The sample ids whose every release is recorded (window "tracked"): ``track`` of the ``n`` training
+    examples, drawn from a stream derived from the data-order generator (so the same for every defense
+    of a scenario) without advancing it."""
+    if track <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    perm = torch.randperm(n, generator=derived_generator(gen, "tracked"))
+    return perm[:min(track, n)].clone()
 
 
 def stochastic_layers(tail: nn.Module) -> list[nn.Module]:

@@ -1,7 +1,19 @@
 """What the server observed during training (Transcript) and the ground truth (Truth).
 
-A transcript keeps the messages of the first and the last ``record_steps`` training steps
-(windows "before" and "after" client training): enough for every honest attack, bounded in memory.
+Coverage, designed once: an attack declares what it needs observed (`Coverage`, `Attack.coverage`),
+the run records the union of what the attacks of its group declared, and each attack sees what its
+own declaration would have kept (`Transcript.trimmed`); its cell records that (`Transcript.coverage`).
+Memory stays bounded by the declarations, never by the length of training:
+
+- windows "before" and "after": every message of the first and the last ``steps`` training steps
+  (``TrainConfig.record_steps``), enough for the inversion attacks (one batch) and the label attacks
+  (a few hundred examples) and a stream for distribution matching (FORA);
+- window "tracked": *every release* of ``tracked`` fixed training examples (``TrainConfig.track``; the
+  same examples for every defense of a scenario), one observation per step in which any of them was
+  sent, holding only their rows of the per-example messages (smashed data, labels, inputs, server
+  output, cut gradient; never the batch-level tail or server gradients). Releases of one example are
+  linkable only by an attacker granted SAMPLE_IDS; others see one opaque handle per release;
+- window "checkpoints": steps a malicious policy asked for (FSHA's reconstruction curve).
 """
 from __future__ import annotations
 
@@ -10,7 +22,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-WINDOWS = ("before", "after", "checkpoints")  # checkpoints: steps a malicious policy asked to record
+WINDOWS = ("before", "after", "checkpoints", "tracked")
+# the per-example fields of an Observation (a "tracked" observation keeps these, row-subset)
+PER_EXAMPLE = ("ids", "smashed", "labels", "inputs", "server_out", "cut_grad", "tail_labels")
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What an attack needs observed. ``steps``: training steps kept at each end (windows "before" and
+    "after"; None: the experiment's ``record_steps``); ``tracked``: examples whose every release is kept
+    (window "tracked"; 0: none)."""
+
+    steps: int | None = None
+    tracked: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"Coverage.steps must be None or an integer >= 1, got {self.steps!r}")
+        if not isinstance(self.tracked, int) or self.tracked < 0:
+            raise ValueError(f"Coverage.tracked must be an integer >= 0, got {self.tracked!r}")
 
 
 @dataclass
@@ -31,6 +61,13 @@ class Observation:
     # message to the server): it lets the runner derive what a vanilla server of the same run was sent
     tail_labels: torch.Tensor | None = None
 
+    def rows(self, keep: torch.Tensor) -> "Observation":
+        """The observation of only the rows ``keep`` (a bool mask over the batch): per-example fields."""
+        def sub(t):
+            return None if t is None else t[keep.to(t.device)]
+
+        return Observation(step=self.step, **{f: sub(getattr(self, f)) for f in PER_EXAMPLE})
+
     def detached(self) -> "Observation":
         def d(t):
             return None if t is None else t.detach().cpu().clone()
@@ -49,16 +86,36 @@ class Observation:
 class Transcript:
     setup: str
     windows: dict[str, list[Observation]] = field(default_factory=dict)
+    tracked: tuple[int, ...] = ()  # the tracked examples' sample ids, in order (never part of a view)
 
-    def trimmed(self, record_steps: int) -> "Transcript":
-        """The transcript a run recording only ``record_steps`` steps at each end would have kept:
-        the first of "before", the last of "after" (checkpoints unchanged). One training run serves
-        attacks that asked for different numbers of recorded steps."""
-        out = Transcript(setup=self.setup, windows=dict(self.windows))
+    def trimmed(self, record_steps: int, track: int = 0) -> "Transcript":
+        """The transcript a run recording only ``record_steps`` steps at each end and tracking the first
+        ``track`` tracked examples would have kept: the first of "before", the last of "after", the
+        releases of those examples (checkpoints unchanged). One training run serves attacks that
+        declared different coverage."""
+        out = Transcript(setup=self.setup, windows=dict(self.windows), tracked=self.tracked[:track])
         if "before" in out.windows:
             out.windows["before"] = out.windows["before"][:record_steps]
         if "after" in out.windows:
             out.windows["after"] = out.windows["after"][-record_steps:]
+        if "tracked" in out.windows:
+            if track >= len(self.tracked):
+                pass
+            elif track == 0:
+                del out.windows["tracked"]
+            else:
+                mine = torch.tensor(out.tracked, dtype=torch.long)
+                kept = [o.rows(torch.isin(o.ids, mine)) for o in out.windows["tracked"]]
+                out.windows["tracked"] = [o for o in kept if len(o.ids)]
+        return out
+
+    def coverage(self) -> dict[str, int]:
+        """What this transcript holds, for the cell: steps per window, and the tracked examples and their
+        releases."""
+        out = {w: len(obs) for w, obs in self.windows.items() if w != "tracked"}
+        if self.tracked:
+            out["tracked_examples"] = len(self.tracked)
+            out["tracked_releases"] = sum(len(o.ids) for o in self.windows.get("tracked", []))
         return out
 
     def observations(self, window: str = "after") -> list[Observation]:
@@ -77,7 +134,7 @@ def with_handles(transcript: Transcript) -> Transcript:
     """The transcript as a server without SAMPLE_IDS sees it: each release's sample id replaced by an
     opaque handle -1, -2, ... (one per release, so two releases of one example cannot be linked; negative,
     so a handle is never mistaken for a sample id). Only `resolve` maps them back."""
-    out, k = Transcript(setup=transcript.setup), 0
+    out, k = Transcript(setup=transcript.setup, tracked=transcript.tracked), 0
     for w, obs in transcript.windows.items():
         out.windows[w] = []
         for o in obs:

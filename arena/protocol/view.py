@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..records import Capability
+from .knowledge import DefenseKnowledge
 from .transcript import WINDOWS, Observation, Transcript
 
 _FIELD_CAPS = {
@@ -132,6 +133,10 @@ class ServerView:
     known_labels: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     # Long attacks may report (done, total) steps here; the matrix shows a bar with time left.
     progress: Callable[[int, int], None] | None = None
+    # Kerckhoffs: the defense's (or stack's) names and public parameters, never its randomness
+    defense: DefenseKnowledge = field(default_factory=DefenseKnowledge)
+    # capabilities this view rebuilt from what the server saw instead of receiving them (-> how)
+    derived: dict[str, str] = field(default_factory=dict)
 
     def report_progress(self, done: int, total: int) -> None:
         """Tell the progress bar how far a long attack is (no-op outside the matrix)."""
@@ -173,7 +178,8 @@ def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transc
                aux: tuple[torch.Tensor, torch.Tensor] | None, trained_client: nn.Module,
                device: str = "cpu", train_data: tuple[torch.Tensor, torch.Tensor] | None = None,
                known_labels: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-               query_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ServerView:
+               query_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               defense: DefenseKnowledge | None = None, derived: dict[str, str] | None = None) -> ServerView:
     """The scorer-side constructor: copies what the attack may see and drops everything else."""
     white_box = Capability.CLIENT_WEIGHTS in granted
     client = None
@@ -196,6 +202,7 @@ def build_view(*, setup: str, granted: frozenset[Capability], transcript: Transc
         device=device,
         train_data=train_data if Capability.TRAIN_DATA in granted else None,
         known_labels=known_labels if Capability.KNOWN_LABELS in granted else None,
+        defense=defense or DefenseKnowledge(), derived=dict(derived or {}),
     )
 
 

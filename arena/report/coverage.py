@@ -33,7 +33,7 @@ def defense_covers(name: str, cells: list[Any]) -> str:
         return ""
 
 
-def _figures(cells: list[Any]) -> str:
+def privacy_figures(cells: list[Any]) -> str:
     """"epsilon_weights 2.1–2.3 (scope: ...)" for each ε key with a scope in these cells' cost."""
     values: dict[str, list[float]] = {}
     scopes: dict[str, str] = {}
@@ -65,5 +65,5 @@ def defenses_table(cells: list[Any]) -> tuple[list[str], list[list[str]]]:
         covers = defense_covers(name, cells)
         ok = [c for c in group if c.status == "ok"]
         kind = "a stack (its members apply in the order named): " if stack_members(name) else ""
-        rows.append([f"`{name + params_text(js)}`", kind + (covers or "not stated"), _figures(ok) or "-"])
+        rows.append([f"`{name + params_text(js)}`", kind + (covers or "not stated"), privacy_figures(ok) or "-"])
     return ["defense", "what it protects", "privacy figures (each with its scope; never added up)"], rows

@@ -12,12 +12,13 @@ import os
 import re
 from pathlib import Path
 
-from . import plots
+from . import plots, scorecard_doc
 from .conclusions import ACC_BUDGET, conclude, overview
 from .coverage import defenses_table
 from .paired import ABOVE, NO_BASELINE, UNDER, paired_of, resolve_text
 from .tables import attack_kind, baseline_metrics, blocked_state, leakage_frame, params_text, summarize
 from .html import Block, to_html, to_markdown
+from .scorecard import scorecard
 from ..run.store import MANIFEST, read_cells
 
 MAX_GRIDS = 12  # per attack: one per defense setting (lowest seed), the main depth first
@@ -201,7 +202,8 @@ def build_report(out: Path) -> Path:
     figdir.mkdir(parents=True, exist_ok=True)
     for old in figdir.glob("*.png"):
         old.unlink()
-    blocks = _header(out, cells)
+    head = _header(out, cells)
+    blocks = head[:1] + _scorecard(out, cells, figdir) + [("h", 2, "This run")] + head[1:]
     if lf.empty:
         blocks.append(("p", "No cells yet."))
         return _write(out, blocks)
@@ -265,6 +267,23 @@ def build_report(out: Path) -> Path:
                        [[r.dataset, r.depth, r.attack_label, r.defense_label, r.state,
                          _why(r)] for r in bad.itertuples()]))
     return _write(out, blocks)
+
+
+def _scorecard(out: Path, cells, figdir: Path) -> list[Block]:
+    """The first section: the defense scorecard (`arena.report.scorecard`), also written as scorecard.csv."""
+    sc = scorecard(cells)
+    if sc.empty:
+        return scorecard_doc.blocks(sc, None)
+    sc = scorecard_doc.with_same_cut(sc)
+    scorecard_doc.write_csv(out, sc)
+    figure = None
+    try:
+        from .scorecard_plot import figure as draw
+
+        figure = str(draw(sc, figdir / "scorecard.png").relative_to(out))
+    except plots.PlotError:
+        pass  # the other figures say why; the table is written without it
+    return scorecard_doc.blocks(sc, figure)
 
 
 def _write(out: Path, blocks: list[Block]) -> Path:

@@ -22,6 +22,7 @@ A spec file looks like::
                                          # depths; defenses: else every depth an attack runs at)
     datasets = ["mnist"]                 # optional: only these of the experiment's datasets
     setups = ["u-shaped"]                # optional (defenses): only the cells of these setups
+    defenses = ["none", "splitguard"]    # optional (attacks): only against these defense entries (by name)
     model = "lenet"                      # optional (attacks): another model than [experiment] models
     record_steps = 8                     # optional (attacks): steps the transcript keeps at each end of
                                          # training for this entry's runs (more targets for label attacks)
@@ -71,6 +72,7 @@ class Entry:
     record_steps: int | None = None  # None: [train] record_steps (attacks only)
     train: tuple[tuple[str, Any], ...] = ()  # [train] overrides for this entry's runs (attacks only)
     setups: tuple[str, ...] | None = None  # defenses: only the cells of these setups (None: every one)
+    defenses: tuple[str, ...] | None = None  # attacks: only against these defenses (None: every one)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -129,7 +131,8 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
         if not isinstance(item, dict) or "name" not in item:
             raise SpecError(f"{where}: [[{what}]] entry {i + 1} needs a name")
         unknown = set(item) - {"name", "params", "grid", "setup", "label_layers", "depths", "datasets", "model",
-                               "record_steps", "train"} - ({"setups"} if what == "defenses" else set())
+                               "record_steps", "train"} - ({"setups"} if what == "defenses" else set()) \
+            - ({"defenses"} if what == "attacks" else set())
         if unknown:
             raise SpecError(f"{where}: [[{what}]] {item['name']!r} has unknown keys {sorted(unknown)}")
         if item.get("setup") is not None and item["setup"] not in SETUPS:
@@ -144,6 +147,9 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
         setups = item.get("setups")
         if setups is not None and (not isinstance(setups, list) or not setups or not set(setups) <= set(SETUPS)):
             raise SpecError(f"{where}: [[{what}]] {item['name']!r}: setups must be a non-empty list of {SETUPS}")
+        only = item.get("defenses")
+        if only is not None and (not isinstance(only, list) or not only or not all(isinstance(x, str) for x in only)):
+            raise SpecError(f"{where}: [[{what}]] {item['name']!r}: defenses must be a non-empty list of defense names")
         rs = item.get("record_steps")
         if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int) or rs < 1):
             raise SpecError(f"{where}: [[{what}]] {item['name']!r}: record_steps must be an integer >= 1")
@@ -167,7 +173,8 @@ def expand_entries(raw: list[dict[str, Any]], what: str, where: str) -> tuple[En
                              item.get("setup"), item.get("label_layers"),
                              None if depths is None else tuple(depths),
                              None if datasets is None else tuple(datasets), item.get("model"), rs,
-                             tuple(sorted(train.items())), None if setups is None else tuple(setups)))
+                             tuple(sorted(train.items())), None if setups is None else tuple(setups),
+                             None if only is None else tuple(only)))
     return tuple(out)
 
 

@@ -14,6 +14,8 @@ from ..attacks import Attack
 from ..defenses import Defense
 from ..protocol.split import SplitModel
 from ..protocol.train import Data, TrainResult, deployed_transform
+from ..protocol.knowledge import knowledge_of
+from ..protocol.leak import derivation_unavailable, with_derived_smashed
 from ..protocol.transcript import Transcript, resolve, with_handles
 from ..protocol.view import build_view
 from ..records import DENIED, NOT_APPLICABLE, NOT_EVALUATED, Capability, Scenario
@@ -25,10 +27,20 @@ def capability_names(caps) -> list[str]:
 
 
 def granted_capabilities(attack: Attack, setup, deny: tuple[str, ...] = ()) -> frozenset[Capability]:
-    """What the attack is given: what it declared, as far as the defended protocol hands it over
-    and the experiment's threat model allows; the architecture always."""
+    """What the attack is given: what it declared, as far as the defended protocol hands it over (or
+    the server rebuilds it: `rebuilt`) and the experiment's threat model allows; the architecture always."""
     denied = {Capability(d) for d in deny}
-    return frozenset((attack.requires & setup.capabilities()) - denied) | {Capability.ARCHITECTURE}
+    return frozenset((attack.requires & (setup.capabilities() | rebuilt(attack, setup))) - denied) \
+        | {Capability.ARCHITECTURE}
+
+
+def rebuilt(attack: Attack, setup) -> frozenset[Capability]:
+    """What the attack needs that the defended protocol does not send but the server rebuilds from what
+    it does send (`SplitSetup.derivable`) by a derivation arena implements: SMASHED from the cut gradient
+    and the server layer's weight gradient (`protocol.leak`, he with a trained server layer)."""
+    if Capability.SMASHED in attack.requires & setup.derived() and derivation_unavailable(setup.split().server) is None:
+        return frozenset({Capability.SMASHED})
+    return frozenset()
 
 
 def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense: Defense, defended,
@@ -41,7 +53,7 @@ def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense:
     if denied:
         return (f"{DENIED}{attack.name} requires {', '.join(capability_names(denied))}, "
                 "which the experiment denies")
-    missing = attack.requires - defended.capabilities()
+    missing = attack.requires - defended.capabilities() - rebuilt(attack, defended)
     if not missing:
         return None
     derived = dict(defended.derivable)
@@ -49,17 +61,18 @@ def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense:
     if removed:
         return (f"{attack.name} requires {', '.join(capability_names(removed))}, "
                 f"which defense {defense.name} removes")
-    rebuilt = [c for c in missing if c in derived]
-    if rebuilt:
-        return (f"{NOT_EVALUATED}{attack.name} requires {', '.join(capability_names(rebuilt))}, which defense "
+    rebuilt_here = [c for c in missing if c in derived]
+    if rebuilt_here:
+        return (f"{NOT_EVALUATED}{attack.name} requires {', '.join(capability_names(rebuilt_here))}, which defense "
                 f"{defense.name} does not send in plaintext but does not remove either: "
-                f"{'; '.join(derived[c] for c in rebuilt)}; no attack here rebuilds it yet")
+                f"{'; '.join(derived[c] for c in rebuilt_here)}; arena does not rebuild it for this server part "
+                f"({derivation_unavailable(defended.split().server)})")
     return (f"{attack.name} requires {', '.join(capability_names(missing))}, "
             f"which setup {defended.scenario.setup} does not grant")
 
 
 def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, device: str,
-              arch_only: bool = False, deny: tuple[str, ...] = ()):
+              arch_only: bool = False, deny: tuple[str, ...] = (), defense: Defense | None = None):
     """Grant exactly what the attack requires (and the defended setup allows, and the threat model
     does not deny). Unless SAMPLE_IDS is granted, observations carry opaque per-release handles
     (`protocol.transcript.with_handles`), which only the scorer maps back.
@@ -83,6 +96,15 @@ def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, dev
     assert result is not None
     sm: SplitModel = result.model
     transcript = result.transcript if Capability.SAMPLE_IDS in granted else with_handles(result.transcript)
+    derived: dict[str, str] = {}
+    if Capability.SMASHED in granted & rebuilt(attack, setup):
+        with torch.no_grad():  # the client's output shape, from the architecture alone
+            shape = tuple(template.client(torch.zeros(1, *data.shape)).shape[1:])
+        windows, info = with_derived_smashed(transcript.windows, sm.server, shape)
+        transcript = Transcript(setup=transcript.setup, windows=windows, tracked=transcript.tracked)
+        derived["smashed"] = (f"least squares from the cut gradient g_h and the server layer's weight gradient "
+                              f"dL/dW = g_h^T a: {info['exact']} of {info['batches']} recorded batches exact "
+                              f"(batch <= the layer's {info['outputs']} outputs and g_h of full rank)")
     return build_view(
         setup=setup.scenario.setup, granted=granted, transcript=transcript, input_shape=data.shape,
         num_classes=data.num_classes, client_depth=setup.depth, label_layers=setup.label_layers,
@@ -91,6 +113,7 @@ def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, dev
         server_part_before=result.server_before, aux=(data.x_aux, data.y_aux), trained_client=sm.client,
         device=device, **_threat_extras(attack, granted, result, data, transcript),
         query_transform=deployed_transform(setup.test_hooks(), torch_generator(setup.scenario.seed, "query-noise")),
+        defense=knowledge_of(defense) if defense is not None else None, derived=derived,
     )
 
 

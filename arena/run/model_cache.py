@@ -111,7 +111,8 @@ def cache_key(spec: Any, defense_cls: type, device: str) -> str:
     defense_src = "+".join(_source_hash(c) for c in (defense_cls, *getattr(defense_cls, "member_classes", ())))
     # the training run (CellSpec.train_key: scenario without record_steps, setup as the defense turns
     # it, defense, n_aux) and how many steps its transcript keeps
-    ident = {"run": spec.train_key, "record_steps": spec.scenario.train.record_steps, "device": device, "threads": torch.get_num_threads(),
+    ident = {"run": spec.train_key, "record_steps": spec.scenario.train.record_steps,
+             "track": spec.scenario.train.track, "device": device, "threads": torch.get_num_threads(),
              "torch": torch.__version__, "code": code_fingerprint(), "defense_code": defense_src}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

@@ -102,6 +102,11 @@ def plan(exp: Experiment) -> list[CellSpec]:
         ATTACKS.create(e.name, **e.kwargs)
     for e in exp.defenses:
         DEFENSES.create(e.name, **e.kwargs)
+    names = {d.name for d in exp.defenses}
+    for e in exp.attacks:  # an attack limited to defenses none of which runs: say so now
+        if e.defenses is not None and not set(e.defenses) & names:
+            raise ValueError(f"attack {e.name!r} is limited to defenses {list(e.defenses)}, none of which this "
+                             f"experiment runs (its defenses: {', '.join(sorted(names))})")
     specs = []
     for dataset in exp.datasets:
         for depth in all_depths(exp):  # per-entry `depths` may add depths; Entry.applies filters
@@ -110,7 +115,8 @@ def plan(exp: Experiment) -> list[CellSpec]:
                     if not d.applies(dataset, depth, None):
                         continue
                     for a in exp.attacks:
-                        if not a.applies(dataset, depth, exp.depths):
+                        if not a.applies(dataset, depth, exp.depths) or (a.defenses is not None
+                                                                          and d.name not in a.defenses):
                             continue
                         cls = ATTACKS.get(a.name)
                         setup = a.setup or d.setup or getattr(cls, "default_setup", "vanilla")
@@ -135,7 +141,14 @@ def groups(specs: list[CellSpec]) -> list[list[CellSpec]]:
 
 def _entry_train(exp: Experiment, a: Entry):
     """The [train] settings of an attack entry's runs: the experiment's, with the entry's overrides."""
-    over = dict(a.train) | ({} if a.record_steps is None else {"record_steps": a.record_steps})
+    over = dict(a.train)
+    cov = ATTACKS.create(a.name, **a.kwargs).coverage()  # what the attack declared it needs observed
+    if a.record_steps is not None:  # the experiment's entry overrides the attack's declaration
+        over["record_steps"] = a.record_steps
+    elif cov.steps is not None:
+        over["record_steps"] = cov.steps
+    if cov.tracked:
+        over["track"] = cov.tracked
     return replace(exp.train, **over) if over else exp.train
 
 

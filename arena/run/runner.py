@@ -33,6 +33,7 @@ from ..records import Capability, Cell, Scenario
 from ..scoring.metrics import auc
 from ..scoring.score import score
 from ..seeding import numpy_rng, seed_everything, torch_generator
+from ..protocol.knowledge import knowledge_of
 from .grants import blocked_reason, capability_names, granted_capabilities, make_view
 from .plan import (KNOWN_SHAPES, CellSpec, group_cost, groups, longest_first, plan, seed_passes,  # noqa: F401
                    validate_depths)
@@ -89,8 +90,9 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
     # one run for the group, recording as many steps as its most demanding attack asked for; each
     # attack then sees the transcript its own record_steps would have kept (Transcript.trimmed)
     rec = max(s.scenario.train.record_steps for s in specs)
+    track = max(s.scenario.train.track for s in specs)  # the union of the attacks' declared coverage
     first = replace(specs[0], scenario=replace(specs[0].scenario, train=replace(specs[0].scenario.train,
-                                                                                  record_steps=rec)))
+                                                                                  record_steps=rec, track=track)))
     sc = first.scenario
     order_key = first.data_order_key()
     # a defense that leaves the label owner alone trains vanilla cells' model u-shaped (`protocol.derive`)
@@ -171,6 +173,7 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
                     policy_attack, defended, None, data, ctx.device, arch_only=True),
                 aux=(data.x_aux, data.y_aux) if Capability.AUX_DATA in pgranted else None,
                 generator=torch_generator(sc.seed, "policy", policy_spec.attack_stream), device=ctx.device,
+                defense=knowledge_of(defense),
                 total_steps=total_steps(len(data.x_train), defended.config)))
         prog = (lambda i, n: ctx.progress("train " + first.label(), i, n)) if ctx.progress else None
 
@@ -205,15 +208,16 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
 
     for s, a in runnable:
         t1 = time.perf_counter()
-        mine = s.scenario.train.record_steps
+        mine, mine_track = s.scenario.train.record_steps, s.scenario.train.track
         mine_result, mine_cost = serve(s.scenario.setup)
         dset = sides[s.scenario.setup][1]
-        res = mine_result if mine == rec else replace(mine_result, transcript=mine_result.transcript.trimmed(mine))
+        res = mine_result if (mine, mine_track) == (rec, track) else \
+            replace(mine_result, transcript=mine_result.transcript.trimmed(mine, mine_track))
         try:
             # global streams too (fresh layers in view builders, clones): a cell's numbers must not
             # depend on which attacks ran before it on the same model, nor on a cached training run
             seed_everything(sc.seed, "attack", s.attack_stream)
-            view = make_view(a, dset, res, data, ctx.device, deny=s.deny)
+            view = make_view(a, dset, res, data, ctx.device, deny=s.deny, defense=sides[s.scenario.setup][0])
             granted = view.capabilities  # what make_view granted: computed once, there
             if ctx.progress is not None:  # long attacks report through view.report_progress(i, n)
                 view = replace(view, progress=lambda i, n, _l=s.label(): ctx.progress(_l, i, n))
@@ -229,7 +233,8 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
             yield _cell(s, "ok", metrics=metrics, utility=utility,
                         cost=mine_cost | {"attack_s": time.perf_counter() - t1},
                         wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts, effective=effective(dset),
-                        granted=capability_names(granted))
+                        granted=capability_names(granted), derived=dict(view.derived),
+                        observed=res.transcript.coverage())
         except Exception as e:  # noqa: BLE001
             yield _cell(s, "error", error=_err(e), utility=utility, cost=mine_cost,
                         wall_s=train_s + time.perf_counter() - t1, effective=effective(dset))
@@ -256,6 +261,7 @@ def _err(e: BaseException) -> str:
 
 
 def _cell(s: CellSpec, status: str, **kw: Any) -> Cell:
+    kw.setdefault("adapts_to", list(getattr(ATTACKS.get(s.attack.name), "adapts_to", ())))
     kw.setdefault("effective", {"depth": s.scenario.depth, "setup": s.scenario.setup,
                                 "label_layers": 0 if s.scenario.setup == "vanilla" else s.scenario.label_layers})
     sc = s.scenario
