@@ -16,6 +16,7 @@ from torch import nn
 from arena.attacks import ATTACKS
 from arena.attacks.fora import Fora
 from arena.attacks.fora_nets import critic, gradient_penalty, mk_mmd
+from arena.protocol.transcript import Coverage
 from arena.records import Capability, TrainConfig
 from arena.run.runner import make_view
 from arena.scoring.score import score
@@ -26,7 +27,7 @@ C = Capability
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CFG = TrainConfig(epochs=3, batch_size=32, record_steps=8)  # 8 batches at each end: 256 smashed rows to match
-FAST = {"iterations": 100, "inv_iterations": 150, "batch_size": 32}
+FAST = {"iterations": 100, "inv_iterations": 150, "batch_size": 32, "lr": 1e-3}
 # Three layers deep the substitute starts far from the client's feature scale (MK-MMD ≈ 4 after 100
 # iterations): it needs more steps and a larger step (measured SSIM 0.04 at FAST, 0.70 here)
 BUDGET = {"nopeek": FAST, "deeper-split": {"iterations": 300, "inv_iterations": 300, "batch_size": 32, "lr": 3e-3}}
@@ -82,6 +83,11 @@ def test_same_seed_same_reconstructions(cells, tiny_data):
     _, a = _attack("fora", cells["none"], tiny_data, **tiny)
     _, b = _attack("fora", cells["none"], tiny_data, **tiny)
     assert torch.equal(a.reconstructions, b.reconstructions)
+
+
+def test_coverage_asks_for_a_stream_of_batches():
+    assert Fora().coverage() == Coverage(steps=40) and Fora(steps=12).coverage() == Coverage(steps=12)
+    assert Fora().coverage().tracked == 0  # it matches a distribution: no example needs linking
 
 
 def test_reads_only_smashed_data_and_aux_data(cells, tiny_data):
