@@ -168,6 +168,10 @@ class AttackOutput:
     clone: torch.nn.Module | None = None  # a stolen client part
     positive_class: int | None = None  # set: labels/label_scores answer the binary question "label == positive_class"
     clusters: torch.Tensor | None = None  # N cluster indices (a clustering, unnamed): scored by adjusted Rand index
+    # label counts per group of examples (G×K), with ``groups`` (N: each row of ``ids``'s group index):
+    # scored against the true counts of those ids as ``count_exact`` and ``count_l1``
+    group_counts: torch.Tensor | None = None
+    groups: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # attack-specific numbers (JSON-able)
 
 

@@ -168,6 +168,24 @@ def accuracy_from_logits(logits, true_labels) -> float:
     return accuracy(lg.argmax(dim=1), true_labels)
 
 
+def group_count_metrics(counts, groups, true_labels) -> dict[str, float]:
+    """Recovered label counts per group (G×K ``counts``) against the true counts of the examples
+    ``groups`` assigns to each group (N group indices, N ``true_labels``): ``count_exact`` (fraction
+    of groups whose every count is right) and ``count_l1`` (mean over groups of Σ_k |n̂_k − n_k|)."""
+    c, g, t = _tensor(counts, "counts"), _labels(groups, "groups"), _labels(true_labels, "true_labels")
+    if c.ndim != 2 or g.shape != t.shape or (len(g) and (int(g.min()) < 0 or int(g.max()) >= len(c))):
+        raise ValueError(f"counts must be G×K and groups N indices below G; got counts {tuple(c.shape)}, "
+                         f"groups {tuple(g.shape)}, labels {tuple(t.shape)}")
+    if len(t) and int(t.max()) >= c.shape[1]:
+        raise ValueError(f"a true label {int(t.max())} has no column among the {c.shape[1]} counts")
+    truth = torch.zeros(c.shape, dtype=torch.float64).index_put_((g.cpu(), t.cpu()),
+                                                                 torch.ones(len(t), dtype=torch.float64),
+                                                                 accumulate=True)
+    diff = (c.to(torch.float64).cpu() - truth).abs().sum(1)
+    return {"count_exact": float((diff == 0).to(torch.float64).mean()), "count_l1": float(diff.mean()),
+            "n_groups": float(len(c))}
+
+
 def chance_accuracy(labels) -> float:
     """Accuracy of always predicting the majority class: the share of the most common label among
     ``labels``. The one chance line of label accuracy in arena (the scorer applies it to exactly the

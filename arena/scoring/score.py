@@ -13,6 +13,8 @@ the attack's own orientation (higher score = positive): it is never folded to ma
 so a score that ranks the classes backwards gets an AUC below 0.5. ``label_ari`` is the adjusted Rand
 index of an attack's raw clustering (``clusters``) against the true labels: permutation-free (it needs
 no naming of the clusters) and 0 for a random clustering by construction, so it needs no chance column.
+``count_exact``/``count_l1``: label counts an attack recovered per group of examples (``group_counts``,
+``groups``) against the true counts of those examples (`metrics.group_count_metrics`).
 """
 from __future__ import annotations
 
@@ -101,6 +103,13 @@ def score(out: AttackOutput, result: TrainResult, x_test: torch.Tensor, y_test: 
         if cl.shape != y.shape:
             raise ScoringError(f"clusters have shape {tuple(cl.shape)}, labels {tuple(y.shape)}")
         m["label_ari"] = metrics.adjusted_rand_index(y, cl)
+    if out.group_counts is not None:
+        if out.groups is None or out.ids is None:
+            raise ScoringError("group_counts need groups (each output row's group) and ids")
+        try:
+            m |= metrics.group_count_metrics(out.group_counts, out.groups, truth.labels(out.ids))
+        except ValueError as e:
+            raise ScoringError(f"group counts: {e}") from None
     if out.clone is not None:
         m["clone_acc"] = clone_accuracy(out.clone, result, x_test, y_test, device)
     return m
