@@ -127,8 +127,8 @@ def list_everything() -> str:
         lines.append(f"  {n:<16} {getattr(cls, 'kind', '?'):<10} requires: {req or '-'}   "
                      f"[{getattr(cls, 'paper', '')}]")
         if getattr(cls, "adapts_to", ()):
-            lines.append(f"  {'':<16} ADAPTIVE: built against {', '.join(cls.adapts_to)} (reads its public "
-                         "parameters)")
+            lines.append(f"  {'':<16} ADAPTIVE: built against {', '.join(cls.adapts_to)} (knows the defense "
+                         "and its public parameters)")
     lines.append("defenses (stack them with '+', applied in that order: --defenses noise+dp-sgd):")
     for n in DEFENSES.names():
         cls = DEFENSES.get(n)
