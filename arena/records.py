@@ -42,6 +42,12 @@ NOT_EVALUATED = "not evaluated: "
 DENIED = "denied by the threat model: "
 
 
+class AttackNotApplicable(Exception):
+    """Raised by an attack's ``run`` when it is not defined for this cell (e.g. the label owner's layers are
+    not of the form the attack reads: mid's bottleneck before the last layer). The runner records the cell
+    as blocked, not applicable, with this message: never an error, never a defense's credit."""
+
+
 def not_applicable(reason: str | None) -> bool:
     """Is a blocked cell's reason "the defense does not apply to this setup"? (Also recognises the
     wording of cells recorded before the prefix existed.)"""

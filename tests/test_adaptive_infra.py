@@ -199,3 +199,25 @@ name = "noise"
     f.write_text(base.format(only='"noise"'))
     with pytest.raises(SpecError, match="defenses must be a non-empty list"):
         load_experiment(f)
+
+
+def test_cells_an_attack_cannot_read_are_na_and_a_hijacker_under_he_is_not_evaluated(run_matrix):
+    pytest.importorskip("tenseal")
+    from arena.records import NOT_APPLICABLE, NOT_EVALUATED
+
+    cells = run_matrix(TINY.format(steps=4) + """
+[[attacks]]
+name = "grad-label-count"
+[[attacks]]
+name = "fsha"
+params = { steps = 2, checkpoints = 1 }
+[[defenses]]
+name = "mid"
+[[defenses]]
+name = "he"
+""", "--retry-errors")
+    by = {(c["attack"], c["defense"]): c for c in cells}
+    mid = by[("grad-label-count", "mid")]  # mid's bottleneck sits in front of the last layer
+    assert mid["status"] == "blocked" and mid["reason"].startswith(NOT_APPLICABLE) and "Bottleneck" in mid["reason"]
+    he = by[("fsha", "he")]  # a hijacker trains no honest server layer: nothing to rebuild the activations from
+    assert he["status"] == "blocked" and he["reason"].startswith(NOT_EVALUATED) and "hijacking" in he["reason"]

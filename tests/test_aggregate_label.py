@@ -140,7 +140,9 @@ def test_fallbacks_label_confident_examples_from_resolved_ones():
 
 
 def test_refuses_a_tail_whose_last_linear_input_it_cannot_compute(tiny_data):
-    with pytest.raises(ValueError, match="cannot compute"):
+    from arena.records import AttackNotApplicable
+
+    with pytest.raises(AttackNotApplicable, match="cannot compute"):  # the runner: n/a, never an error
         last_linear(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)))
     with pytest.raises(ValueError, match="output layer"):
         last_linear(nn.Sequential(nn.Linear(8, 3), nn.ReLU()))

@@ -252,3 +252,16 @@ params = { k = 2 }
     assert (out / inv.artifacts["grid"]).is_file()
     lab = cells["unsplit-label", "none"]
     assert lab.setup == "label-only" and lab.label_layers == 1 and lab.metrics["label_acc"] == 1.0
+
+
+def test_unsplit_label_reads_the_group_size_off_full_batches_not_a_partial_last_one():
+    from types import SimpleNamespace
+
+    from arena.attacks.unsplit_label import _group_size
+
+    obs = lambda n, m: SimpleNamespace(server_out=torch.zeros(n, 3), tail_grads=[{}] * m)  # noqa: E731
+    # batching b = 16: a full batch of 64 in 4 groups and the epoch's last batch of 24 in 16 + 8
+    assert _group_size([obs(64, 4), obs(24, 2)]) == 16  # ceil(24 / 2) = 12 would cut it 12 + 12
+    assert _group_size([obs(64, 64)]) == 1
+    with pytest.raises(ValueError, match="no group size"):
+        _group_size([obs(64, 4), obs(64, 5)])

@@ -52,8 +52,9 @@ learned fallbacks use only labels this attack recovered itself, never known labe
 resolved examples of two classes or more (else ``argmin``).
 
 Refusal: a tail whose last Linear has a parametric or random layer in front of it (mid's bottleneck,
-label_layers ≥ 3 in LeNet) gives inputs x_i the server cannot compute: ``run`` raises ValueError
-saying so (an error cell, documented here), rather than guessing.
+label_layers ≥ 3 in LeNet) gives inputs x_i the server cannot compute: ``run`` raises
+`AttackNotApplicable` saying so (the cell is n/a with that reason, never credited to the defense),
+rather than guessing.
 
 Output: ``labels`` per observed example of the window (ids as the view gave them), ``label_scores``
 (resolved rows: +2 at the label, −2 elsewhere; others in [−1, 1]: the fallback's probabilities or
@@ -72,7 +73,7 @@ from torch import nn
 
 from ..params import check_choice, check_positive_float
 from ..protocol.view import ServerView
-from ..records import AttackOutput, Capability
+from ..records import AttackNotApplicable, AttackOutput, Capability
 from .base import Attack, register_attack
 from .label_leak import WINDOWS
 
@@ -81,7 +82,7 @@ FALLBACKS = ("logits", "cut_grad", "argmin")
 
 def last_linear(tail: nn.Sequential) -> tuple[str, nn.Sequential]:
     """(parameter prefix of the tail's last Linear, the parameter-free layers in front of it).
-    Raises ValueError when the server cannot compute that layer's input from its own output."""
+    Raises AttackNotApplicable when the server cannot compute that layer's input from its own output."""
     layers = list(tail)
     idx = [k for k, m in enumerate(layers) if isinstance(m, nn.Linear)]
     if not idx:
@@ -93,9 +94,10 @@ def last_linear(tail: nn.Sequential) -> tuple[str, nn.Sequential]:
     bad = [type(m).__name__ for m in front
            if any(True for _ in m.parameters()) or hasattr(m, "noise_generator")]
     if bad:
-        raise ValueError(f"grad-label-count: the layers in front of the tail's last Linear ({', '.join(bad)}) have "
-                         "parameters or draw noise, so the server cannot compute that layer's inputs; "
-                         "this attack needs label_layers whose front is parameter-free")
+        raise AttackNotApplicable(
+            f"grad-label-count: the layers in front of the tail's last Linear ({', '.join(bad)}) have parameters or "
+            "draw noise, so the server cannot compute that layer's inputs; this attack needs label_layers whose "
+            "front is parameter-free")
     return str(k), nn.Sequential(*front)
 
 

@@ -32,7 +32,9 @@ benchmarks/unsplit_paper.py).
 Batched label owners (the ``batching`` defense: parameter gradients are means over groups of B
 consecutive examples): we predict one label per group — the candidate whose all-k group gradient is
 closest — and give it to every member (honest, and exactly the paper's rule at B = 1). The group
-size is read off the transcript as ceil(batch / number of groups), exact whenever B divides the batch.
+size is read off the transcript: the smallest size that cuts every observed batch into as many groups
+as it brought tail gradients (a partial last batch of 24 at B = 16 is 16 + 8, not 12 + 12; exact
+whenever B divides the full batch).
 
 Scores are negative distances (N×K), so the scorer also reports a multi-class leak AUC.
 """
@@ -131,10 +133,11 @@ class UnSplitLabel(Attack):
         if not obs:
             raise CapabilityError(f"no server_out observed in window {self.window!r} of setup {view.setup!r}")
         ids, scores = [], []
+        size = _group_size(obs) if self.threat_model == "paper" else 1
         for o in obs:
             h = o.server_out.to(view.device).float()
             if self.threat_model == "paper":
-                s = self._paper_scores(tail, h, o.tail_grads, view)
+                s = self._paper_scores(tail, h, o.tail_grads, view, size)
             else:
                 if o.cut_grad is None:
                     raise CapabilityError("no cut gradient observed: the view does not grant it")
@@ -147,11 +150,10 @@ class UnSplitLabel(Attack):
         return AttackOutput(ids=ids_t, labels=scores_t.argmax(1), label_scores=scores_t)
 
     def _paper_scores(self, tail: nn.Module, h: torch.Tensor, groups: list[dict[str, torch.Tensor]] | None,
-                      view: ServerView) -> torch.Tensor:
+                      view: ServerView, g: int) -> torch.Tensor:
         if not groups:
             raise CapabilityError("no tail parameter gradients observed: the view does not grant them")
         n, m = len(h), len(groups)
-        g = math.ceil(n / m)
         names = compared_names(tail, self.compare)
         count = sum(groups[0][k].numel() for k in names)
         out = torch.empty(m, view.num_classes, device=h.device)
@@ -173,3 +175,15 @@ class UnSplitLabel(Attack):
                           view: ServerView) -> torch.Tensor:
         cand = candidate_cut_grads(tail, h, view.num_classes, batch=len(h))
         return -(cand - cut[:, None]).pow(2).flatten(2).mean(2)
+
+
+def _group_size(obs) -> int:
+    """The label owner's group size, from the transcript alone: the smallest size that cuts every observed
+    batch of n examples into as many groups as it brought tail gradients (ceil(n / size) = groups)."""
+    seen = [(len(o.server_out), len(o.tail_grads)) for o in obs if o.tail_grads]
+    if not seen:
+        raise CapabilityError("no tail parameter gradients observed: the view does not grant them")
+    fits = [g for g in range(1, max(n for n, _ in seen) + 1) if all(math.ceil(n / g) == m for n, m in seen)]
+    if not fits:
+        raise ValueError("unsplit-label: no group size cuts every observed batch into its number of tail gradients")
+    return fits[0]

@@ -85,9 +85,12 @@ def _settings(df, cells) -> list[dict[str, Any]]:
     clone_checks = baseline_checks(df, {k: STEALING_METRIC for k in metrics}, baseline_of, label)
     ok_none = df[(df["status"] == "ok") & (df["defense"] == "none")]
     adaptive: dict[tuple, bool] = {}
+    assumes: dict[tuple, str] = {}  # the threat model the attack ran under: what it was granted
     for c in cells:
         k = _key(c)
         adaptive[k] = adaptive.get(k, False) or (c.status == "ok" and is_adaptive(c))
+        if c.status == "ok" and k not in assumes:
+            assumes[k] = ", ".join(g for g in (c.granted or []) if g != "architecture")
     clones = set(df.loc[(df["status"] == "ok") & df[STEALING_METRIC].notna(), "attack"]) \
         if STEALING_METRIC in df.columns else set()
     scenarios = {ds: len(set(zip(g["depth"], g["setup"]))) for ds, g in df.groupby("dataset")}
@@ -96,7 +99,7 @@ def _settings(df, cells) -> list[dict[str, Any]]:
         s = dict(zip(CELL_COLUMNS, key))
         ok = g[g["status"] == "ok"]
         for kind, metric in _kinds_of(s["attack"], metrics.get((s["attack"], s["dataset"])), s["attack"] in clones):
-            rec = dict(s, kind=kind, metric=metric, adaptive=adaptive.get(key, False),
+            rec = dict(s, kind=kind, metric=metric, adaptive=adaptive.get(key, False), assumes=assumes.get(key, ""),
                        label=label(s["attack"], s["attack_params"])
                        + (f" @ d{s['depth']} {s['setup']}" if scenarios.get(s["dataset"], 1) > 1 else ""),
                        defense_label=s["defense"] + params_text(s["defense_params"]), reason="", n=0,
@@ -150,11 +153,11 @@ def verdict(recs: list[dict[str, Any]], reference: bool = False) -> dict[str, An
     ok = [r for r in recs if r["state"] == "ok" and r["value"] == r["value"]]
     worst = max(ok, key=_above, default=None)
     out: dict[str, Any] = {"verdict": "", "worst": math.nan, "metric": "", "attack": "", "adaptive": False,
-                           "n": 0, "baseline_value": math.nan, "beaten_by": "", "note": ""}
+                           "assumes": "", "n": 0, "baseline_value": math.nan, "beaten_by": "", "note": ""}
     if worst is not None:
         out |= {"worst": worst["value"], "metric": worst["metric"], "attack": worst["label"],
-                "adaptive": worst["adaptive"], "n": worst["n"], "baseline_value": worst["baseline_value"],
-                "chance": worst["chance"]}
+                "adaptive": worst["adaptive"], "assumes": worst.get("assumes", ""), "n": worst["n"],
+                "baseline_value": worst["baseline_value"], "chance": worst["chance"]}
     beaters = [r for r in ok if r["beats"]]
     states = {s: [r for r in recs if r["state"] == s] for s in ("n/e", "error", "denied", "blocked", "n/a")}
     one = ONE_SEED if any(r["one_seed"] for r in ok) else ""
@@ -188,7 +191,8 @@ def verdict(recs: list[dict[str, Any]], reference: bool = False) -> dict[str, An
 
 def scorecard(cells):
     """The scorecard as a DataFrame: one row per (dataset, defense setting), none first; per kind
-    ``<kind>_verdict``, ``_worst``, ``_metric``, ``_attack``, ``_adaptive``, ``_n``, ``_beaten_by``,
+    ``<kind>_verdict``, ``_worst``, ``_metric``, ``_attack``, ``_adaptive``, ``_assumes`` (the worst
+    attack's granted capabilities: the threat model that number assumes), ``_n``, ``_beaten_by``,
     ``_baseline_value``, ``_note``; then the costs and the effective split (`_costs`)."""
     import pandas as pd
 

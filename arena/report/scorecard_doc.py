@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 from .scorecard import BROKEN, HOLDS, KINDS, LEAKS, ONE_SEED
@@ -66,7 +67,24 @@ def one_seed_only(sc) -> bool:
     return bool(decided) and all(ONE_SEED in v for v in decided)
 
 
-def kind_text(r, kind: str, quiet_one_seed: bool = False) -> str:
+def short_labels(sc) -> dict[str, str]:
+    """Attack labels shortened for the table: the bare name when the run has one setting of that attack,
+    else the name with only the parameters that tell its settings apart."""
+    labels = {str(v) for k in KINDS for v in sc[f"{k}_attack"] if isinstance(v, str) and v}
+    parsed: dict[str, tuple[str, dict[str, str], str]] = {}
+    for lab in labels:
+        m = re.match(r"^([^(@\s]+)(?:\((.*?)\))?(.*)$", lab)
+        name, params, rest = (m.group(1), m.group(2) or "", m.group(3)) if m else (lab, "", "")
+        parsed[lab] = (name, dict(kv.split("=", 1) for kv in params.split(",") if "=" in kv), rest)
+    out = {}
+    for lab, (name, params, rest) in parsed.items():
+        sib = [p for n, p, _ in parsed.values() if n == name]
+        keep = {k: v for k, v in params.items() if len({s.get(k) for s in sib}) > 1}
+        out[lab] = name + ("(" + ",".join(f"{k}={v}" for k, v in keep.items()) + ")" if keep else "") + rest
+    return out
+
+
+def kind_text(r, kind: str, quiet_one_seed: bool = False, short: dict[str, str] | None = None) -> str:
     """"**broken** ssim 0.997 by he-whitebox(...) [adaptive]" for one row and kind (``quiet_one_seed``:
     without the "(1 seed: no CI)" the table's caption says once for the whole run)."""
     g = lambda k: getattr(r, f"{kind}_{k}")  # noqa: E731
@@ -76,9 +94,13 @@ def kind_text(r, kind: str, quiet_one_seed: bool = False) -> str:
     head = f"**{verdict}**" if verdict.startswith((BROKEN, HOLDS, LEAKS)) else verdict
     if worst != worst:
         return head + (f"; {g('note')}" if g("note") else "")
-    s = f"{head}: {g('metric')} {_f(worst)} by {g('attack')}" + (" **[adaptive]**" if g("adaptive") else "")
+    name = (short or {}).get(g("attack"), g("attack"))
+    s = f"{head}: {g('metric')} {_f(worst)} by {name}" + (" **[adaptive]**" if g("adaptive") else "")
+    if getattr(r, f"{kind}_assumes", ""):
+        s += f" (assumes {g('assumes')})"
     if g("beaten_by") and not g("beaten_by").startswith(g("attack")):
-        s += f"; beats its baseline: {g('beaten_by')}"
+        by = g("beaten_by")
+        s += f"; beats its baseline: {(short or {}).get(by.replace(' [adaptive]', ''), by)}"
     base = g("baseline_value")
     if base == base:
         s += f" (baseline {_f(base)})"
@@ -106,10 +128,10 @@ def table(sc) -> tuple[list[str], list[list[str]]]:
     header = ["dataset", "defense", *KINDS, "Δ test acc vs none (paired)", "client time / bytes per sample",
               "ε (scope)", "split"]
     rows = []
-    quiet = one_seed_only(sc)
+    quiet, short = one_seed_only(sc), short_labels(sc)
     for r in sc.itertuples():
         split = "; ".join(x for x in (f"runs {r.effective}" if r.effective else "", r.same_cut) if x)
-        rows.append([r.dataset, f"`{r.defense_label}`", *(kind_text(r, k, quiet) for k in KINDS), _acc(r), _cost(r),
+        rows.append([r.dataset, f"`{r.defense_label}`", *(kind_text(r, k, quiet, short) for k in KINDS), _acc(r), _cost(r),
                      r.privacy or "-", split or "-"])
     return header, rows
 

@@ -38,9 +38,17 @@ def rebuilt(attack: Attack, setup) -> frozenset[Capability]:
     """What the attack needs that the defended protocol does not send but the server rebuilds from what
     it does send (`SplitSetup.derivable`) by a derivation arena implements: SMASHED from the cut gradient
     and the server layer's weight gradient (`protocol.leak`, he with a trained server layer)."""
-    if Capability.SMASHED in attack.requires & setup.derived() and derivation_unavailable(setup.split().server) is None:
+    if Capability.SMASHED in attack.requires & setup.derived() and rebuild_unavailable(attack, setup) is None:
         return frozenset({Capability.SMASHED})
     return frozenset()
+
+
+def rebuild_unavailable(attack: Attack, setup) -> str | None:
+    """Why the view cannot rebuild SMASHED for this attack (None: it can)."""
+    if getattr(attack, "malicious", False):  # its own run: the server layer is not trained honestly
+        return ("a hijacking server needs the activations during training and trains no honest server layer "
+                "whose dL/dW would give them back")
+    return derivation_unavailable(setup.split().server)
 
 
 def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense: Defense, defended,
@@ -65,8 +73,8 @@ def blocked_reason(sc: Scenario, deny: tuple[str, ...], attack: Attack, defense:
     if rebuilt_here:
         return (f"{NOT_EVALUATED}{attack.name} requires {', '.join(capability_names(rebuilt_here))}, which defense "
                 f"{defense.name} does not send in plaintext but does not remove either: "
-                f"{'; '.join(derived[c] for c in rebuilt_here)}; arena does not rebuild it for this server part "
-                f"({derivation_unavailable(defended.split().server)})")
+                f"{'; '.join(derived[c] for c in rebuilt_here)}; arena does not rebuild it here: "
+                f"{rebuild_unavailable(attack, defended)}")
     return (f"{attack.name} requires {', '.join(capability_names(missing))}, "
             f"which setup {defended.scenario.setup} does not grant")
 
