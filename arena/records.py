@@ -38,6 +38,9 @@ NOT_APPLICABLE = "not applicable: "
 # but that the server can still rebuild from what it sees (HE's dL/dW gives back the activations),
 # while no attack that rebuilds it ran: the defense is *not* credited, the cell is simply not evaluated.
 NOT_EVALUATED = "not evaluated: "
+# Reason prefix of a cell whose attack found at run time that it cannot read the cell (`AttackNotApplicable`):
+# not evaluated (never a defense's credit, never "the defense does not apply").
+ATTACK_CANNOT_RUN = NOT_EVALUATED + "the attack cannot read this cell: "
 # Reason prefix of a blocked cell whose attack needs an assumption the experiment denies ([threat] deny).
 DENIED = "denied by the threat model: "
 
@@ -45,7 +48,8 @@ DENIED = "denied by the threat model: "
 class AttackNotApplicable(Exception):
     """Raised by an attack's ``run`` when it is not defined for this cell (e.g. the label owner's layers are
     not of the form the attack reads: mid's bottleneck before the last layer). The runner records the cell
-    as blocked, not applicable, with this message: never an error, never a defense's credit."""
+    as blocked, "not evaluated" (`ATTACK_CANNOT_RUN`), with this message: never an error, never a
+    defense's credit, never "the defense does not apply"."""
 
 
 def not_applicable(reason: str | None) -> bool:

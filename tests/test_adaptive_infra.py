@@ -193,9 +193,12 @@ name = "noise"
     f.write_text(base.format(only='["noise"]'))
     pairs = {(s.attack.name, s.defense.name) for s in plan(load_experiment(f))}
     assert pairs == {("mean-image", "none"), ("mean-image", "noise"), ("he-whitebox", "noise")}
-    f.write_text(base.format(only='["dropout"]'))
-    with pytest.raises(ValueError, match="none of which this experiment runs"):
+    f.write_text(base.format(only='["noise", "dropout"]'))  # a name the experiment does not run: a typo?
+    with pytest.raises(ValueError, match="which this experiment does not run"):
         plan(load_experiment(f))
+    f.write_text(base.format(only='["noise"]').replace('name = "noise"', 'name = "noise+dropout"'))
+    pairs = {(s.attack.name, s.defense.name) for s in plan(load_experiment(f))}
+    assert ("he-whitebox", "noise+dropout") in pairs and ("he-whitebox", "none") not in pairs  # stack members
     f.write_text(base.format(only='"noise"'))
     with pytest.raises(SpecError, match="defenses must be a non-empty list"):
         load_experiment(f)
@@ -203,7 +206,7 @@ name = "noise"
 
 def test_cells_an_attack_cannot_read_are_na_and_a_hijacker_under_he_is_not_evaluated(run_matrix):
     pytest.importorskip("tenseal")
-    from arena.records import NOT_APPLICABLE, NOT_EVALUATED
+    from arena.records import ATTACK_CANNOT_RUN, NOT_EVALUATED
 
     cells = run_matrix(TINY.format(steps=4) + """
 [[attacks]]
@@ -218,6 +221,14 @@ name = "he"
 """, "--retry-errors")
     by = {(c["attack"], c["defense"]): c for c in cells}
     mid = by[("grad-label-count", "mid")]  # mid's bottleneck sits in front of the last layer
-    assert mid["status"] == "blocked" and mid["reason"].startswith(NOT_APPLICABLE) and "Bottleneck" in mid["reason"]
+    assert mid["status"] == "blocked" and mid["reason"].startswith(ATTACK_CANNOT_RUN) and "Bottleneck" in mid["reason"]
     he = by[("fsha", "he")]  # a hijacker trains no honest server layer: nothing to rebuild the activations from
     assert he["status"] == "blocked" and he["reason"].startswith(NOT_EVALUATED) and "hijacking" in he["reason"]
+
+
+def test_a_rank_deficient_cut_gradient_is_not_called_exact():
+    g = torch.Generator().manual_seed(1)
+    gh = (torch.randn(64, 9, generator=g) @ torch.randn(9, 120, generator=g)).float()  # rank 9 (a 9-class tail)
+    a = torch.randn(64, 20, generator=g)
+    got, rank = derive_activations(gh, gh.T @ a)
+    assert rank == 9 and float((got - a).norm() / a.norm()) > 0.5

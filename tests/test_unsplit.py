@@ -263,5 +263,6 @@ def test_unsplit_label_reads_the_group_size_off_full_batches_not_a_partial_last_
     # batching b = 16: a full batch of 64 in 4 groups and the epoch's last batch of 24 in 16 + 8
     assert _group_size([obs(64, 4), obs(24, 2)]) == 16  # ceil(24 / 2) = 12 would cut it 12 + 12
     assert _group_size([obs(64, 64)]) == 1
+    assert _group_size([obs(64, 3)]) == 22 and _group_size([obs(64, 3)], known=24) == 24  # b = 24: public b decides
     with pytest.raises(ValueError, match="no group size"):
         _group_size([obs(64, 4), obs(64, 5)])

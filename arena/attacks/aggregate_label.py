@@ -163,7 +163,7 @@ class GradLabelCount(Attack):
     # the default fallback's; ``fallback = "cut_grad"`` adds CUT_GRADIENT per instance (the runner reads the instance's)
     requires = frozenset({Capability.TAIL_GRADIENTS, Capability.SERVER_OUT})
     default_setup = "u-shaped"
-    adapts_to = ("batching", "max-norm")
+    adapts_to = ("batching",)  # max-norm only touches the cut gradient, which the default path never reads
     paper = ("LLG (Wainakh et al., PETS 2022) and RLG (Dang et al., NeurIPS 2021): labels from averaged "
              "last-layer gradients; per-example least squares with the server's own outputs new here")
 

@@ -61,7 +61,7 @@ from torch import nn
 from ..params import check_choice, check_positive_float, check_positive_int
 from ..protocol.transcript import Coverage
 from ..protocol.view import ServerView
-from ..records import AttackOutput, Capability
+from ..records import AttackNotApplicable, AttackOutput, Capability
 from .base import Attack, register_attack
 from .he_inversion import report, seeded, total_variation
 from .informed_inverse import clip_rows, fit_inverse, simulation
@@ -203,7 +203,11 @@ class NoiseAverage(Attack):
 
     def run(self, view: ServerView, generator: torch.Generator) -> AttackOutput:
         view.require(Capability.SAMPLE_IDS)
-        obs = [o for o in view.observations("tracked") if o.smashed is not None and len(o.ids)]
+        tracked = view.observations("tracked")
+        obs = [o for o in tracked if o.smashed is not None and len(o.ids)]
+        if tracked and not obs:  # he: the activations are rebuilt per recorded batch, not per tracked release
+            raise AttackNotApplicable("noise-average: the tracked releases carry no plaintext activations here "
+                                      "(under he they are rebuilt only for the recorded batches)")
         if not obs:
             raise RuntimeError("noise-average: the transcript's 'tracked' window is empty (the run did not "
                                "honour the attack's coverage)")

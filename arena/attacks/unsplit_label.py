@@ -133,7 +133,8 @@ class UnSplitLabel(Attack):
         if not obs:
             raise CapabilityError(f"no server_out observed in window {self.window!r} of setup {view.setup!r}")
         ids, scores = [], []
-        size = _group_size(obs) if self.threat_model == "paper" else 1
+        known = (view.defense.params_of("batching") or {}).get("b")  # public (Kerckhoffs), when it fits
+        size = _group_size(obs, known) if self.threat_model == "paper" else 1
         for o in obs:
             h = o.server_out.to(view.device).float()
             if self.threat_model == "paper":
@@ -177,13 +178,14 @@ class UnSplitLabel(Attack):
         return -(cand - cut[:, None]).pow(2).flatten(2).mean(2)
 
 
-def _group_size(obs) -> int:
-    """The label owner's group size, from the transcript alone: the smallest size that cuts every observed
-    batch of n examples into as many groups as it brought tail gradients (ceil(n / size) = groups)."""
+def _group_size(obs, known: int | None = None) -> int:
+    """The label owner's group size: batching's public b (``known``) when the transcript allows it, else the
+    smallest size that cuts every observed batch of n examples into as many groups as it brought tail
+    gradients (ceil(n / size) = groups)."""
     seen = [(len(o.server_out), len(o.tail_grads)) for o in obs if o.tail_grads]
     if not seen:
         raise CapabilityError("no tail parameter gradients observed: the view does not grant them")
     fits = [g for g in range(1, max(n for n, _ in seen) + 1) if all(math.ceil(n / g) == m for n, m in seen)]
     if not fits:
         raise ValueError("unsplit-label: no group size cuts every observed batch into its number of tail gradients")
-    return fits[0]
+    return known if known in fits else fits[0]

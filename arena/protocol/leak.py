@@ -33,7 +33,8 @@ def derive_activations(cut_grad: torch.Tensor, weight_grad: torch.Tensor) -> tup
                          f"{tuple(weight_grad.shape)}")
     g = cut_grad.detach().double().cpu()
     w = weight_grad.detach().double().cpu()
-    rank = int(torch.linalg.matrix_rank(g))
+    # the rank at the precision the gradients were sent in (float32 rounding is no information)
+    rank = int(torch.linalg.matrix_rank(g, rtol=torch.finfo(cut_grad.dtype).eps * max(g.shape)))
     a = torch.linalg.lstsq(g.T, w, driver="gelsd").solution  # B x d; min-norm when under-determined
     return a.float(), rank
 

@@ -230,6 +230,8 @@ def build_report(out: Path) -> Path:
     if plot_error:
         blocks.append(("p", f"Figures skipped: {plot_error}"))
     grids = _grids(out, cells)
+    adapts = {c.attack: list(c.adapts_to or ()) for c in cells if getattr(c, "adapts_to", None)}
+    rebuilt = {(c.attack, c.defense) for c in cells if c.status == "ok" and getattr(c, "derived", None)}
     blocks += _how_to_read()
     blocks.append(("h", 2, "Attacks"))
     for label in dict.fromkeys(lf.sort_values(["attack", "attack_label"])["attack_label"]):
@@ -237,7 +239,10 @@ def build_report(out: Path) -> Path:
         kind = attack_kind(g["attack"].iloc[0]) or "unknown kind"
         if baseline_metrics(g["attack"].iloc[0]):
             kind = f"the baseline for {', '.join(baseline_metrics(g['attack'].iloc[0]))}"
-        blocks.append(("h", 3, f"{label} ({kind})"))
+        name = g["attack"].iloc[0]
+        marks = [f"ADAPTIVE: built against {', '.join(adapts[name])}"] if adapts.get(name) else []
+        marks += [f"under {d} on activations the view rebuilt" for a, d in sorted(rebuilt) if a == name]
+        blocks.append(("h", 3, f"{label} ({kind}{'; ' + '; '.join(marks) if marks else ''})"))
         granted = [x for x in dict.fromkeys(g.loc[g["state"].isin(["ok", "partial"]), "granted"]) if x]
         if granted:
             blocks.append(("p", "**Threat model**: the server was granted " + "; or ".join(f"`{x}`" for x in granted)

@@ -115,11 +115,15 @@ def _settings(df, cells) -> list[dict[str, Any]]:
                 continue
             e = estimate(ok[metric].tolist() if metric in ok.columns else [])
             rec |= {"state": "ok", "value": e.mean, "n": e.n}
+            if len(ok) < len(g):  # some seeds failed or were refused: the setting is judged on the rest only
+                rec["failed_seeds"] = sorted(int(x) for x in g.loc[g["status"] != "ok", "seed"])
             rec["chance"] = (chance_line(metric, {"label_chance": estimate(ok["label_chance"].tolist()).mean})
                              if metric == "label_acc" and "label_chance" in ok.columns else chance_line(metric, {}))
             name, base = _baseline(ok_none, s, metric, ok, baseline_of, label)
             rec["baseline"] = name
-            if base is not None:
+            if base is None:  # no baseline to test against: this attack cannot support a hold
+                rec["no_baseline"] = True
+            else:
                 p = paired_difference(_per_seed(ok, metric), base)
                 vals = [v for k, v in base.items() if k in _per_seed(ok, metric)]
                 rec |= {"beats": p.above_zero, "one_seed": p.n == 1, "d_baseline": p.mean, "d_baseline_ci95": p.ci,
@@ -166,9 +170,17 @@ def verdict(recs: list[dict[str, Any]], reference: bool = False) -> dict[str, An
         out["beaten_by"] = by["label"] + (" [adaptive]" if by["adaptive"] else "")
         out["verdict"] = (LEAKS if reference else BROKEN) + (f" ({one})" if by["one_seed"] else "")
         return out
+    partial = [r for r in ok if r.get("failed_seeds")]
+    untested = [r for r in ok if r.get("no_baseline")]
     if states["n/e"]:
         names = ", ".join(dict.fromkeys(r["attack"] for r in states["n/e"]))
-        out["verdict"] = f"{NOT_EVALUATED}: the server could rebuild what {names} need(s); no attack here does"
+        out["verdict"] = (f"{NOT_EVALUATED}: {names} did not run here (the server could rebuild what it needs, "
+                          "or the attack cannot read this cell)")
+    elif partial:  # an attack that failed on the seeds where it might win must not credit the defense
+        out["verdict"] = f"{NOT_EVALUATED}: " + "; ".join(
+            f"{r['label']} failed on seed(s) {', '.join(map(str, r['failed_seeds']))}" for r in partial)
+    elif untested:
+        out["verdict"] = f"{NOT_EVALUATED}: no baseline to test {', '.join(r['label'] for r in untested)} against"
     elif states["error"]:
         out["verdict"] = f"{NOT_EVALUATED}: {', '.join(dict.fromkeys(r['label'] for r in states['error']))} failed"
     elif any(r["undefended"] == ABOVE for r in ok):

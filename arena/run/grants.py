@@ -107,7 +107,7 @@ def make_view(attack: Attack, setup, result: TrainResult | None, data: Data, dev
     derived: dict[str, str] = {}
     if Capability.SMASHED in granted & rebuilt(attack, setup):
         with torch.no_grad():  # the client's output shape, from the architecture alone
-            shape = tuple(template.client(torch.zeros(1, *data.shape)).shape[1:])
+            shape = tuple(copy.deepcopy(template.client).eval()(torch.zeros(1, *data.shape)).shape[1:])
         windows, info = with_derived_smashed(transcript.windows, sm.server, shape)
         transcript = Transcript(setup=transcript.setup, windows=windows, tracked=transcript.tracked)
         derived["smashed"] = (f"least squares from the cut gradient g_h and the server layer's weight gradient "

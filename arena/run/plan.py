@@ -103,10 +103,12 @@ def plan(exp: Experiment) -> list[CellSpec]:
     for e in exp.defenses:
         DEFENSES.create(e.name, **e.kwargs)
     names = {d.name for d in exp.defenses}
-    for e in exp.attacks:  # an attack limited to defenses none of which runs: say so now
-        if e.defenses is not None and not set(e.defenses) & names:
-            raise ValueError(f"attack {e.name!r} is limited to defenses {list(e.defenses)}, none of which this "
-                             f"experiment runs (its defenses: {', '.join(sorted(names))})")
+    members = names | {m for n in names for m in n.split("+")}
+    for e in exp.attacks:  # a limit naming a defense this experiment does not run (a typo?): say so now
+        unknown = sorted(set(e.defenses or ()) - members)
+        if unknown:
+            raise ValueError(f"attack {e.name!r} is limited to defenses {unknown}, which this experiment does not "
+                             f"run (its defenses: {', '.join(sorted(names))})")
     specs = []
     for dataset in exp.datasets:
         for depth in all_depths(exp):  # per-entry `depths` may add depths; Entry.applies filters
@@ -115,8 +117,9 @@ def plan(exp: Experiment) -> list[CellSpec]:
                     if not d.applies(dataset, depth, None):
                         continue
                     for a in exp.attacks:
-                        if not a.applies(dataset, depth, exp.depths) or (a.defenses is not None
-                                                                          and d.name not in a.defenses):
+                        if not a.applies(dataset, depth, exp.depths) or (
+                                a.defenses is not None  # the defense, or a stack with it as a member
+                                and not ({d.name} | set(d.name.split("+"))) & set(a.defenses)):
                             continue
                         cls = ATTACKS.get(a.name)
                         setup = a.setup or d.setup or getattr(cls, "default_setup", "vanilla")

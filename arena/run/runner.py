@@ -29,7 +29,7 @@ from ..models import build_model
 from ..protocol.derive import as_vanilla, vanilla_cost
 from ..protocol.train import Data, TrainResult, make_setup, total_steps, train
 from ..protocol.transcript import resolve
-from ..records import NOT_APPLICABLE, AttackNotApplicable, Capability, Cell, Scenario
+from ..records import ATTACK_CANNOT_RUN, AttackNotApplicable, Capability, Cell, Scenario
 from ..scoring.metrics import auc
 from ..scoring.score import score
 from ..seeding import numpy_rng, seed_everything, torch_generator
@@ -235,8 +235,8 @@ def run_group(specs: list[CellSpec], ctx: GroupContext) -> Iterator[Cell]:
                         wall_s=train_s + time.perf_counter() - t1, artifacts=artifacts, effective=effective(dset),
                         granted=capability_names(granted), derived=dict(view.derived),
                         observed=res.transcript.coverage())
-        except AttackNotApplicable as e:  # the attack is not defined for this cell: n/a, with its reason
-            yield _cell(s, "blocked", reason=f"{NOT_APPLICABLE}{e}", cost=mine_cost, effective=effective(dset),
+        except AttackNotApplicable as e:  # the attack is not defined for this cell: not evaluated, with why
+            yield _cell(s, "blocked", reason=f"{ATTACK_CANNOT_RUN}{e}", cost=mine_cost, effective=effective(dset),
                         wall_s=train_s + time.perf_counter() - t1)
         except Exception as e:  # noqa: BLE001
             yield _cell(s, "error", error=_err(e), utility=utility, cost=mine_cost,
