@@ -58,9 +58,15 @@ def _kind(c) -> str | None:
 
 
 def adaptive(c) -> bool:
-    """Adaptive in this cell: built against a member of its defense, or run on rebuilt quantities."""
+    """Adaptive in this cell: built against a member of its defense (as recorded, or as the attack instance
+    declares it: he-whitebox's fit="masked" knows dropout), or run on rebuilt quantities."""
     members = set(c.defense.split("+"))
-    return bool(members & set(getattr(c, "adapts_to", []) or [])) or bool(getattr(c, "derived", {}) or {})
+    declared = set(getattr(c, "adapts_to", []) or [])
+    try:
+        declared |= set(getattr(ATTACKS.create(c.attack, **(c.attack_params or {})), "adapts_to", ()))
+    except Exception:  # noqa: BLE001 - an attack of a plug-in not loaded here
+        pass
+    return bool(members & declared) or bool(getattr(c, "derived", {}) or {})
 
 
 def _mean(v: dict[int, float]) -> float | None:

@@ -170,6 +170,8 @@ class HeWhitebox(Attack):
                  window: str = "after", fit: str = "absolute", relu_slope: float = 0.0, **rest: Any) -> None:
         super().__init__(**rest)
         self.fit = check_choice("fit", fit, ("absolute", "relative", "masked"))  # see `invert`
+        if self.fit == "masked":  # the attacker who knows dropout (an instance's adapts_to; cells record it)
+            self.adapts_to = ("dropout",)
         self.relu_slope = check_positive_float("relu_slope", relu_slope, allow_zero=True)  # see `invert`
         self.iterations = check_positive_int("iterations", iterations)
         self.lr = check_positive_float("lr", lr)

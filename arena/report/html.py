@@ -24,7 +24,7 @@ td.na{background:#f2f2f2;color:#666}
 td.error{background:repeating-linear-gradient(45deg,#f4c7c3,#f4c7c3 4px,#fbe9e7 4px,#fbe9e7 8px)}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#555}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{margin:0;max-width:48%}
-code{background:#f3f3f3;padding:0 3px;border-radius:3px}
+code{background:#f3f3f3;padding:0 3px;border-radius:3px;overflow-wrap:anywhere}
 """
 
 

@@ -264,7 +264,7 @@ def _err(e: BaseException) -> str:
 
 
 def _cell(s: CellSpec, status: str, **kw: Any) -> Cell:
-    kw.setdefault("adapts_to", list(getattr(ATTACKS.get(s.attack.name), "adapts_to", ())))
+    kw.setdefault("adapts_to", _adapts_to(s))
     kw.setdefault("effective", {"depth": s.scenario.depth, "setup": s.scenario.setup,
                                 "label_layers": 0 if s.scenario.setup == "vanilla" else s.scenario.label_layers})
     sc = s.scenario
@@ -274,3 +274,10 @@ def _cell(s: CellSpec, status: str, **kw: Any) -> Cell:
                 label_layers=sc.label_layers, **kw)
 
 
+def _adapts_to(s: CellSpec) -> list[str]:
+    """The defenses the cell's attack is built against: its instance's (a parameter may make it adaptive,
+    he-whitebox's fit="masked"), else its class's."""
+    try:
+        return list(getattr(ATTACKS.create(s.attack.name, **s.attack.kwargs), "adapts_to", ()))
+    except Exception:  # noqa: BLE001 - bad parameters are reported by the cell itself
+        return list(getattr(ATTACKS.get(s.attack.name), "adapts_to", ()))
